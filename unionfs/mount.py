@@ -1,0 +1,275 @@
+"""Public API: mount a union filesystem, unmount it, query its state, list container changes."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .changes import Change, iter_changes
+from .index import load_or_build
+from .probe import ProbeLower
+from .upper import Upper
+
+__all__ = ["MountSpec", "MountError", "mount", "unmount", "mount_state", "iter_changes", "Change"]
+
+READY_TIMEOUT = 30.0
+
+
+class MountError(Exception):
+    """A mount could not be established (message is one line)."""
+
+
+@dataclass
+class MountSpec:
+    lowers: list[Path]  # topmost first
+    upper: Path | None = None  # None => read-only
+    work: Path | None = None
+    index_cache: Path | None = None
+    use_index: bool = True
+    allow_other: bool = False
+    debug: bool = False
+    fsname: str = field(default="strata-overlay")
+
+
+def _check_dir(p: Path, what: str) -> Path:
+    try:
+        rp = Path(os.path.realpath(p))
+        if not rp.is_dir():
+            raise MountError(f"{what} {p} is not a directory")
+    except OSError as e:
+        raise MountError(f"{what} {p}: {e.strerror}") from None
+    return rp
+
+
+def _prepare(spec: MountSpec, mountpoint: Path):
+    """Validate the spec and build the operations object (before any fork, so errors surface)."""
+    import pyfuse3  # noqa: F401  (fail early if missing)
+
+    from .operations import UnionOperations
+
+    if not spec.lowers:
+        raise MountError("no lower directory given")
+    lowers = [_check_dir(p, "lower directory") for p in spec.lowers]
+    mp = _check_dir(mountpoint, "mountpoint")
+    if mount_state(mp) != "unmounted":
+        raise MountError(f"{mp} is already a mount point of a strata/FUSE filesystem")
+    upper = None
+    if spec.upper is not None:
+        up = _check_dir(spec.upper, "upper directory")
+        work = None
+        if spec.work is not None:
+            try:
+                Path(spec.work).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise MountError(f"work directory {spec.work}: {e.strerror}") from None
+            work = _check_dir(spec.work, "work directory")
+        try:
+            upper = Upper(up, work)
+        except OSError as e:
+            raise MountError(f"upper directory {up}: {e.strerror}") from None
+    try:
+        if spec.use_index:
+            cache_dir = None
+            if spec.index_cache is None and spec.work is not None:
+                cache_dir = Path(os.path.realpath(spec.work)) / "strata"
+            lower = load_or_build(lowers, spec.index_cache, cache_dir)
+        else:
+            lower = ProbeLower(lowers)
+    except OSError as e:
+        raise MountError(f"cannot read lower layers: {e}") from None
+    return UnionOperations(lower, upper), mp
+
+
+def _options(spec: MountSpec) -> set[str]:
+    opts = {"default_permissions", f"fsname={spec.fsname}", "subtype=strata-overlay", "noatime"}
+    if spec.allow_other:
+        opts.add("allow_other")
+    if spec.upper is None:
+        opts.add("ro")
+    if os.geteuid() == 0:
+        opts.add("dev")
+        opts.add("suid")
+    if spec.debug:
+        opts.add("debug")
+    return opts
+
+
+def _serve(ops, mp: Path, opts: set[str], ready_fd: int | None) -> None:
+    """Mount and run the FUSE loop until unmounted or SIGINT/SIGTERM."""
+    import pyfuse3
+    import trio
+
+    try:
+        pyfuse3.init(ops, str(mp), opts)
+    except Exception as e:  # noqa: BLE001
+        if ready_fd is not None:
+            os.write(ready_fd, f"E fuse mount of {mp} failed: {e}\n".encode())
+            os.close(ready_fd)
+            os._exit(1)
+        raise MountError(f"fuse mount of {mp} failed: {e}") from None
+    if ready_fd is not None:
+        os.write(ready_fd, b"OK %d\n" % os.getpid())
+        os.close(ready_fd)
+    stopped = {"signal": False}
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+                    async for _ in sigs:
+                        stopped["signal"] = True
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(watch)
+            await pyfuse3.main(max_tasks=32)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+    finally:
+        pyfuse3.close(unmount=stopped["signal"])
+
+
+def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | None:
+    """Mount; without *foreground* daemonize and return the server pid once the mount answers.
+
+    Errors before the mount is live raise :class:`MountError` (one-line message).  In foreground,
+    serve until unmounted/SIGINT/SIGTERM and return None.
+    """
+    ops, mp = _prepare(spec, Path(mountpoint))
+    opts = _options(spec)
+    if foreground:
+        if spec.debug:
+            logging.basicConfig(level=logging.DEBUG)
+        os.umask(0)
+        _serve(ops, mp, opts, None)
+        return None
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # first child
+        try:
+            os.close(rfd)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            os.chdir("/")
+            os.umask(0)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            if null > 2:
+                os.close(null)
+            _serve(ops, mp, opts, wfd)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+        os._exit(0)
+    os.close(wfd)
+    os.waitpid(pid, 0)
+    with os.fdopen(rfd, "rb") as r:
+        msg = r.readline().decode(errors="replace").strip()
+    if not msg.startswith("OK "):
+        raise MountError(msg[2:] if msg.startswith("E ") else f"mount server for {mp} died during startup")
+    server = int(msg.split()[1])
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if _in_mountinfo(mp):
+            try:
+                os.stat(mp)
+                return server
+            except OSError as e:
+                if e.errno != errno.ENOTCONN:
+                    raise MountError(f"{mp}: {e.strerror}") from None
+        if not _alive(server):
+            raise MountError(f"mount server for {mp} exited during startup")
+        if time.monotonic() > deadline:
+            raise MountError(f"timed out waiting for {mp} to answer")
+        time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def _unescape(s: str) -> str:
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 3 < len(s) + 0 and s[i + 1 : i + 4].isdigit():
+            out.append(chr(int(s[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def _mountinfo() -> list[tuple[str, str]]:
+    """(mount point, fs type) of every mount in this namespace."""
+    res = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            res.append((_unescape(parts[4]), parts[sep + 1]))
+    return res
+
+
+def _in_mountinfo(mp: Path) -> bool:
+    target = os.path.abspath(mp)
+    return any(m == target for m, _t in _mountinfo())
+
+
+def mount_state(mountpoint: Path) -> str:
+    """'mounted', 'dead' (the server is gone: ENOTCONN) or 'unmounted'."""
+    mp = os.path.abspath(mountpoint)
+    if not _in_mountinfo(Path(mp)):
+        return "unmounted"
+    try:
+        os.stat(mp)
+    except OSError as e:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            return "dead"
+        raise
+    return "mounted"
+
+
+def unmount(mountpoint: Path) -> None:
+    """Unmount (fusermount3 -u, falling back to a lazy umount); also cleans up a dead server's mount."""
+    mp = os.path.abspath(mountpoint)
+    if not _in_mountinfo(Path(mp)):
+        return
+    for cmd in (["fusermount3", "-u", mp], ["fusermount", "-u", mp]):
+        try:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode == 0 and not _in_mountinfo(Path(mp)):
+            return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(mp), 2) != 0:  # MNT_DETACH
+        e = ctypes.get_errno()
+        if _in_mountinfo(Path(mp)):
+            raise MountError(f"cannot unmount {mp}: {os.strerror(e)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(0)

@@ -1,0 +1,257 @@
+"""The container layer (upper directory): in-memory state, copy-up, whiteouts and opaque markers.
+
+Upper format (same as kernel overlayfs, so an upper can be inspected or mounted by the kernel):
+whiteouts are char devices 0/0 (``.wh.NAME`` files when mknod is impossible or
+``FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT`` is set), opaque directories carry
+``trusted.overlay.opaque=y`` (``.wh..wh..opq`` in ``.wh.`` mode).  Temporary files live in the
+work directory (``WORK/strata``) when it shares the upper's filesystem, else in the target
+directory under a hidden ``.wh..strata-tmp-*`` name.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+from collections.abc import Iterator
+
+from .whiteout import (
+    OPAQUE_NAME,
+    WH_PREFIX,
+    WhiteoutWriter,
+    is_private_xattr,
+    is_whiteout_stat,
+    probe_kernel_whiteouts,
+    upper_is_opaque,
+)
+
+K_WH = 1  # whiteout
+K_DIR = 2  # directory merging with the lower one at its path
+K_OPQ = 3  # opaque directory
+K_FILE = 4  # any non-directory
+
+TMP_PREFIX = b".wh..strata-tmp-"
+_tmpcount = itertools.count()
+
+
+def copy_xattrs(src: bytes, dst: bytes) -> None:
+    """Copy the user-visible xattrs of *src* to *dst* (symlinks not followed)."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for n in names:
+        nb = n.encode()
+        if is_private_xattr(nb):
+            continue
+        try:
+            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA):
+                raise
+
+
+def copy_data(src: bytes, dst_fd: int) -> None:
+    """Copy a regular file's bytes into *dst_fd*, keeping holes (SEEK_DATA/SEEK_HOLE)."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            off = data
+            while off < hole:
+                try:
+                    n = os.copy_file_range(fd, dst_fd, hole - off, off, off)
+                except OSError:
+                    buf = os.pread(fd, min(1 << 20, hole - off), off)
+                    n = os.pwrite(dst_fd, buf, off)
+                if n == 0:
+                    break
+                off += n
+            pos = hole
+        os.ftruncate(dst_fd, size)
+    finally:
+        os.close(fd)
+
+
+def copy_node(src: bytes, dst: bytes, st: os.stat_result) -> None:
+    """Create *dst* as a copy of the non-directory *src* with all metadata (not atomic)."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            copy_data(src, fd)
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(mode))
+        finally:
+            os.close(fd)
+    elif stat.S_ISLNK(mode):
+        os.symlink(os.readlink(src), dst)
+        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    else:
+        os.mknod(dst, mode, st.st_rdev)
+        os.chown(dst, st.st_uid, st.st_gid)
+        os.chmod(dst, stat.S_IMODE(mode))
+    copy_xattrs(src, dst)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def copy_dir_meta(src: bytes | None, dst: bytes, st: os.stat_result | None) -> None:
+    """Give the existing directory *dst* the owner, mode, xattrs and times of *src*."""
+    if st is None:
+        return
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    if src is not None:
+        copy_xattrs(src, dst)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+class Upper:
+    """The writable layer: its files on disk and an in-memory map ``path -> kind`` of its entries."""
+
+    def __init__(self, root: str | os.PathLike, work: str | os.PathLike | None) -> None:
+        self.root = os.fsencode(os.path.realpath(root))
+        self.tmpdir: bytes | None = None
+        if work is not None:
+            w = os.path.join(os.fsencode(os.path.realpath(work)), b"strata")
+            os.makedirs(w, exist_ok=True)
+            if os.stat(w).st_dev == os.stat(self.root).st_dev:
+                self.tmpdir = w
+                for n in os.listdir(w):
+                    if n.startswith(b"tmp-"):
+                        _remove_any(os.path.join(w, n))
+        probe_in = self.tmpdir or self.root
+        self.wh = WhiteoutWriter(probe_kernel_whiteouts(probe_in))
+        self.kinds: dict[bytes, int] = {}
+        self.scan()
+
+    # -- paths ---------------------------------------------------------------------------------
+    def real(self, path: bytes) -> bytes:
+        """On-disk location of merged *path* (b'/...') in the upper."""
+        return self.root if path == b"/" else self.root + path
+
+    def tmp_path(self, final: bytes) -> bytes:
+        n = next(_tmpcount)
+        if self.tmpdir is not None:
+            return os.path.join(self.tmpdir, b"tmp-%d-%d" % (os.getpid(), n))
+        return os.path.join(os.path.dirname(final), TMP_PREFIX + b"%d-%d" % (os.getpid(), n))
+
+    # -- state ---------------------------------------------------------------------------------
+    def scan(self) -> None:
+        """(Re)load the in-memory map from disk."""
+        self.kinds = {b"/": K_OPQ if upper_is_opaque(self.root) else K_DIR}
+        stack = [b"/"]
+        while stack:
+            d = stack.pop()
+            real = self.real(d)
+            pre = b"" if d == b"/" else d
+            try:
+                it = os.scandir(real)
+            except OSError:
+                continue
+            with it:
+                for de in it:
+                    name = de.name
+                    p = pre + b"/" + name
+                    if name.startswith(WH_PREFIX):
+                        if name.startswith(TMP_PREFIX):
+                            _remove_any(de.path)
+                        elif name != OPAQUE_NAME:
+                            q = pre + b"/" + name[4:]
+                            self.kinds.setdefault(q, K_WH)
+                        continue
+                    st = de.stat(follow_symlinks=False)
+                    if is_whiteout_stat(st):
+                        self.kinds[p] = K_WH
+                    elif stat.S_ISDIR(st.st_mode):
+                        self.kinds[p] = K_OPQ if upper_is_opaque(de.path) else K_DIR
+                        stack.append(p)
+                    else:
+                        self.kinds[p] = K_FILE
+
+    def kind(self, path: bytes) -> int | None:
+        return self.kinds.get(path)
+
+    def set(self, path: bytes, kind: int) -> None:
+        self.kinds[path] = kind
+
+    def drop(self, path: bytes) -> None:
+        self.kinds.pop(path, None)
+
+    def drop_tree(self, path: bytes) -> None:
+        pre = path + b"/"
+        for k in [k for k in self.kinds if k.startswith(pre)]:
+            del self.kinds[k]
+        self.kinds.pop(path, None)
+
+    def move_tree(self, src: bytes, dst: bytes) -> None:
+        """Re-key *src* and everything below it to *dst* (after a rename on disk)."""
+        pre = src + b"/"
+        moved = {dst + k[len(src):]: v for k, v in self.kinds.items() if k.startswith(pre)}
+        for k in [k for k in self.kinds if k.startswith(pre)]:
+            del self.kinds[k]
+        kind = self.kinds.pop(src, None)
+        self.drop_tree(dst)
+        if kind is not None:
+            self.kinds[dst] = kind
+        self.kinds.update(moved)
+
+    def subtree(self, path: bytes) -> Iterator[tuple[bytes, int]]:
+        pre = path + b"/"
+        for k, v in list(self.kinds.items()):
+            if k.startswith(pre):
+                yield k, v
+
+    # -- markers -------------------------------------------------------------------------------
+    def add_whiteout(self, path: bytes) -> None:
+        parent, name = _split(path)
+        self.wh.whiteout(self.real(parent), name)
+        self.kinds[path] = K_WH
+
+    def clear_whiteout(self, path: bytes) -> None:
+        """Remove a whiteout recorded at *path* (no-op if none)."""
+        if self.kinds.get(path) == K_WH:
+            parent, name = _split(path)
+            self.wh.remove_whiteout(self.real(parent), name)
+            del self.kinds[path]
+
+    def make_opaque(self, path: bytes) -> None:
+        self.wh.make_opaque(self.real(path))
+        self.kinds[path] = K_OPQ
+
+    def clear_markers(self, path: bytes) -> None:
+        """Remove whiteouts/opaque markers inside the upper dir *path* (which must hold nothing else)."""
+        real = self.real(path)
+        for n in os.listdir(real):
+            p = os.path.join(real, n)
+            st = os.lstat(p)
+            if n.startswith(WH_PREFIX) or is_whiteout_stat(st):
+                os.unlink(p)
+        for k, _v in list(self.subtree(path)):
+            del self.kinds[k]
+
+
+def _split(path: bytes) -> tuple[bytes, bytes]:
+    parent, _, name = path.rpartition(b"/")
+    return parent or b"/", name
+
+
+def _remove_any(p: bytes) -> None:
+    try:
+        if os.path.isdir(p) and not os.path.islink(p):
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.unlink(p)
+    except OSError:
+        pass
