@@ -1,0 +1,48 @@
+"""What every command shares: the store from `--root`, and turning user errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cli.format import TemplateError
+from store.errors import StoreError
+from store.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def get_store(ctx: click.Context | None = None) -> Store:
+    """The store named by the global `--root` (or `STRATA_ROOT`, or the default)."""
+    ctx = ctx or click.get_current_context()
+    obj = ctx.find_root().obj
+    if obj.get("store") is None:
+        root: Path | None = obj.get("root")
+        obj["store"] = Store(root)
+    return obj["store"]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print `Error: message` on stderr and exit non-zero."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def user_errors(func: F) -> F:
+    """Report StoreError (and other user-caused errors) as one line on stderr, exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (StoreError, TemplateError) as e:
+            fail(str(e))
+        except BrokenPipeError:
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]

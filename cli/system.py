@@ -1,0 +1,53 @@
+"""`system df`."""
+
+from __future__ import annotations
+
+import click
+
+from cli.common import get_store, user_errors
+from cli.format import human_size, tabulate
+from store import views
+
+
+@click.group("system")
+def system_group() -> None:
+    """Manage strata."""
+
+
+@system_group.command("df")
+@click.option("-v", "--verbose", is_flag=True, help="Show detailed information on space usage.")
+@user_errors
+def df(verbose: bool) -> None:
+    """Show disk usage: images, containers and layers (a shared layer counted once)."""
+    rows, detail = views.disk_usage(get_store())
+    lines = ["TYPE\tTOTAL\tACTIVE\tSIZE\tRECLAIMABLE"]
+    for r in rows:
+        pct = f" ({100 * r.reclaimable // r.size}%)" if r.size else ""
+        lines.append(f"{r.type}\t{r.total}\t{r.active}\t{human_size(r.size)}\t{human_size(r.reclaimable)}{pct}")
+    click.echo(tabulate(lines))
+    if not verbose:
+        return
+    click.echo("\nImages space usage:\n")
+    lines = ["IMAGE ID\tTAGS\tSIZE\tSHARED SIZE\tUNIQUE SIZE\tCONTAINERS"]
+    for i in detail["images"]:
+        tags = ",".join(i["tags"]) or "<none>"
+        unique = i["size"] - i["shared"]
+        lines.append(
+            f"{views.short_id(i['id'])}\t{tags}\t{human_size(i['size'])}\t{human_size(i['shared'])}"
+            f"\t{human_size(unique)}\t{i['containers']}"
+        )
+    click.echo(tabulate(lines))
+    click.echo("\nContainers space usage:\n")
+    lines = ["CONTAINER ID\tNAMES\tIMAGE\tSIZE"]
+    lines += [f"{c['id'][:12]}\t{c['name']}\t{c['image']}\t{human_size(c['size'])}" for c in detail["containers"]]
+    click.echo(tabulate(lines))
+    click.echo("\nLayers space usage:\n")
+    lines = ["CHAIN ID\tSIZE\tACTIVE"]
+    lines += [
+        f"{x['chain_id'][7:19]}\t{human_size(x['size'])}\t{'yes' if x['active'] else 'no'}" for x in detail["layers"]
+    ]
+    click.echo(tabulate(lines))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(system_group)

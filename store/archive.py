@@ -1,0 +1,398 @@
+"""Image archives: `docker save` tars (plain, gzip or zstd) and OCI image layouts, in and out."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from . import digest as dg
+from . import mediatypes as mt
+from . import reference
+from .blobs import tmp_prefix
+from .compression import DECOMPRESS_ERRORS, detect, open_decompressed
+from .errors import InvalidInput, NotFound, StoreError
+from .images import ImageRecord, LayerRef
+from .layers import chain_ids
+from .store import Store, oci_manifest
+
+
+@dataclass
+class Loaded:
+    record: ImageRecord
+    tags: list[reference.Reference]
+
+
+class _Source(Protocol):
+    def open(self, name: str) -> BinaryIO: ...
+    def exists(self, name: str) -> bool: ...
+
+
+class _DirSource:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def open(self, name: str) -> BinaryIO:
+        path = self.root / _member_name(name)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidInput(f"archive entry {name!r} points outside the archive")
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise InvalidInput(f"archive is missing {name!r}") from None
+
+    def exists(self, name: str) -> bool:
+        return (self.root / _member_name(name)).is_file()
+
+
+class _TarSource:
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self.tar = tar
+        self.members = {_member_name(m.name): m for m in tar.getmembers() if m.isreg() or m.islnk()}
+
+    def open(self, name: str) -> BinaryIO:
+        m = self.members.get(_member_name(name))
+        if m is None:
+            raise InvalidInput(f"archive is missing {name!r}")
+        f = self.tar.extractfile(m)
+        assert f is not None
+        return f  # type: ignore[return-value]
+
+    def exists(self, name: str) -> bool:
+        return _member_name(name) in self.members
+
+
+def _member_name(name: str) -> str:
+    return os.path.normpath(name.lstrip("/")).removeprefix("./")
+
+
+def _read_json(src: _Source, name: str, limit: int = 64 << 20) -> object:
+    with src.open(name) as f:
+        data = f.read(limit)
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise InvalidInput(f"archive entry {name!r} is not valid JSON") from None
+
+
+@contextmanager
+def _open_source(store: Store, source: Path | BinaryIO) -> Iterator[_Source]:
+    """A random-access view of a directory, a tar file, or a (compressed) tar stream."""
+    if isinstance(source, Path) and source.is_dir():
+        yield _DirSource(source)
+        return
+    raw: BinaryIO
+    if isinstance(source, Path):
+        try:
+            raw = open(source, "rb")
+        except OSError as e:
+            raise InvalidInput(f"cannot read {source}: {e.strerror}") from None
+    else:
+        raw = source
+    with raw, tempfile.TemporaryFile(dir=store.blobs.tmp, prefix=tmp_prefix("load")) as spool:
+        try:
+            plain, _ = open_decompressed(raw)
+            shutil.copyfileobj(plain, spool, dg.CHUNK)  # type: ignore[misc]
+        except DECOMPRESS_ERRORS as e:
+            raise InvalidInput(f"archive is corrupt or truncated: {e}") from None
+        spool.seek(0)
+        try:
+            tar = tarfile.open(fileobj=spool, mode="r:")
+        except tarfile.TarError as e:
+            raise InvalidInput(f"not a tar archive: {e}") from None
+        with tar:
+            try:
+                yield _TarSource(tar)
+            except (tarfile.TarError, EOFError) as e:
+                raise InvalidInput(f"archive is corrupt or truncated: {e}") from None
+
+
+def load(store: Store, source: Path | BinaryIO) -> list[Loaded]:
+    """Load every image of a `docker save` archive or an OCI layout (directory or tar)."""
+    with _open_source(store, source) as src:
+        if src.exists("manifest.json"):
+            return _load_docker(store, src)
+        if src.exists("index.json"):
+            return _load_oci(store, src)
+    raise InvalidInput("not a docker save archive or an OCI image layout (no manifest.json or index.json)")
+
+
+def _digest_in_name(name: str) -> str | None:
+    """`blobs/sha256/<hex>` or `<hex>.json` names carry the content's digest."""
+    base = os.path.basename(name).removesuffix(".json")
+    return "sha256:" + base if dg.is_digest("sha256:" + base) else None
+
+
+def _ingest_layers(
+    store: Store, src: _Source, config: dict, layers: list[tuple[str, str | None, str | None]]
+) -> list[LayerRef]:
+    """layers: (member name, expected blob digest, media type or None to detect)."""
+    diff_ids = config["rootfs"]["diff_ids"]
+    if len(diff_ids) != len(layers):
+        raise InvalidInput(f"image has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids")
+    refs: list[LayerRef] = []
+    parent = None
+    for i, (name, expected, media_type) in enumerate(layers):
+        if media_type is None:
+            with src.open(name) as f:
+                media_type = mt.layer_type_for(detect(f.read(4)))
+        with src.open(name) as f:
+            ref = store.ingest_layer(f, parent, diff_ids[i], media_type, expected, what=f"layer {name}")
+        refs.append(ref)
+        parent = chain_ids([x.diff_id for x in refs])[-1]
+    return refs
+
+
+def _load_docker(store: Store, src: _Source) -> list[Loaded]:
+    entries = _read_json(src, "manifest.json")
+    if not isinstance(entries, list):
+        raise InvalidInput("manifest.json is not a list of images")
+    out = []
+    for entry in entries:
+        try:
+            config_name, layer_names = entry["Config"], list(entry["Layers"])
+            tags = [reference.parse(t) for t in entry.get("RepoTags") or []]
+        except (KeyError, TypeError):
+            raise InvalidInput("manifest.json entry lacks Config or Layers") from None
+        with src.open(config_name) as f:
+            config_bytes = f.read()
+        dg.check(dg.of_bytes(config_bytes), _digest_in_name(config_name), f"config {config_name}")
+        config = _config(config_bytes)
+        layers = [(n, _digest_in_name(n) if n.startswith("blobs/") else None, None) for n in layer_names]
+        refs = _ingest_layers(store, src, config, layers)
+        out.append(Loaded(store.add_image(config_bytes, refs, tags=tags), tags))
+    return out
+
+
+def _host_platform() -> tuple[str, str]:
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+    return "linux", arch
+
+
+def _load_oci(store: Store, src: _Source) -> list[Loaded]:
+    index = _read_json(src, "index.json")
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise InvalidInput("index.json has no manifests list")
+    out = []
+    for desc in index["manifests"]:
+        annotations = desc.get("annotations") or {}
+        name = annotations.get("io.containerd.image.name") or annotations.get("org.opencontainers.image.ref.name")
+        tags = []
+        if name and ("/" in name or ":" in name):
+            tags = [reference.parse(name)]
+        manifest_digest, media_type = _pick_manifest(src, desc)
+        out.append(Loaded(_load_oci_manifest(store, src, manifest_digest, media_type, tags), tags))
+    return out
+
+
+def _blob_name(d: str) -> str:
+    return f"blobs/sha256/{dg.hex_of(d)}"
+
+
+def _read_blob(src: _Source, d: str) -> bytes:
+    with src.open(_blob_name(d)) as f:
+        data = f.read()
+    dg.check(dg.of_bytes(data), d, f"blob {d}")
+    return data
+
+
+def _pick_manifest(src: _Source, desc: dict) -> tuple[str, str]:
+    """Follow an index entry down to one image manifest for the host platform."""
+    media_type = desc.get("mediaType", mt.OCI_MANIFEST)
+    d = dg.validate(desc.get("digest", ""))
+    if media_type not in mt.INDEXES:
+        return d, media_type
+    nested = json.loads(_read_blob(src, d))
+    os_name, arch = _host_platform()
+    candidates = nested.get("manifests") or []
+    for m in candidates:
+        p = m.get("platform") or {}
+        if p.get("os") == os_name and p.get("architecture") == arch:
+            return _pick_manifest(src, m)
+    platforms = ", ".join(
+        f"{(m.get('platform') or {}).get('os')}/{(m.get('platform') or {}).get('architecture')}" for m in candidates
+    )
+    raise NotFound(f"no image for {os_name}/{arch} in the index (it has: {platforms})")
+
+
+def _load_oci_manifest(store: Store, src: _Source, d: str, media_type: str, tags: list) -> ImageRecord:
+    manifest_bytes = _read_blob(src, d)
+    manifest = json.loads(manifest_bytes)
+    config_digest = dg.validate(manifest["config"]["digest"])
+    config_bytes = _read_blob(src, config_digest)
+    config = _config(config_bytes)
+    layers = [(_blob_name(x["digest"]), x["digest"], x["mediaType"]) for x in manifest["layers"]]
+    refs = _ingest_layers(store, src, config, layers)
+    return store.add_image(
+        config_bytes,
+        refs,
+        tags=tags,
+        manifest_bytes=manifest_bytes,
+        manifest_media_type=manifest.get("mediaType", media_type),
+    )
+
+
+def _config(data: bytes) -> dict:
+    try:
+        config = json.loads(data)
+        config["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInput("image config is not valid JSON with rootfs.diff_ids") from None
+    return config
+
+
+# -- writing -----------------------------------------------------------------------------------------
+
+
+class _TarSink:
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self.tar = tar
+        self.written: set[str] = set()
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self.add_file(name, io.BytesIO(data), len(data))
+
+    def add_file(self, name: str, f: BinaryIO, size: int) -> None:
+        if name in self.written:
+            return
+        self.written.add(name)
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        self.tar.addfile(info, f)
+
+
+def _write_layout(sink: _TarSink, index: list[dict]) -> None:
+    sink.add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    sink.add_bytes(
+        "index.json", json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": index}).encode()
+    )
+
+
+def _index_entry(manifest: bytes, tag: reference.Reference | None) -> dict:
+    desc: dict = {"mediaType": mt.OCI_MANIFEST, "digest": dg.of_bytes(manifest), "size": len(manifest)}
+    if tag is not None:
+        desc["annotations"] = {"io.containerd.image.name": str(tag), "org.opencontainers.image.ref.name": tag.tag}
+    return desc
+
+
+def _uncompressed_layer(store: Store, ref: LayerRef, tmpdir: Path) -> tuple[BinaryIO, int]:
+    """The layer's tar, decompressed (Docker archives carry uncompressed layers named by diffID)."""
+    blob = store.blobs.open(ref.digest)
+    plain, kind = open_decompressed(blob)
+    if kind == "none":
+        blob.seek(0)
+        return blob, store.blobs.size(ref.digest)
+    spool = tempfile.TemporaryFile(dir=tmpdir)
+    hashing = dg.HashingReader(plain)
+    shutil.copyfileobj(hashing, spool, dg.CHUNK)  # type: ignore[misc]
+    blob.close()
+    dg.check(hashing.digest, ref.diff_id, f"stored layer {ref.digest}")
+    size = spool.tell()
+    spool.seek(0)
+    return spool, size
+
+
+def _display_tags(store: Store, record: ImageRecord, asked: str) -> list[reference.Reference]:
+    """Tags to write: the one asked for if it is a tag, else every tag of the image (as Docker does)."""
+    try:
+        ref = reference.parse(asked)
+        if not ref.digest and store.images.tags().get(str(ref)) == record.id:
+            return [ref]
+    except InvalidInput:
+        pass
+    return store.tags_of(record.id)
+
+
+def save(store: Store, names: list[str], out: BinaryIO, fmt: str = "docker") -> None:
+    """Write the images named as one archive: Docker's format (OCI layout + manifest.json) or OCI."""
+    chosen: list[tuple[ImageRecord, list[reference.Reference]]] = []
+    for name in names:
+        record = store.resolve(name)
+        chosen.append((record, _display_tags(store, record, name)))
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        sink = _TarSink(tar)
+        if fmt == "docker":
+            _write_docker(store, chosen, sink)
+        elif fmt == "oci":
+            _write_oci(store, chosen, sink)
+        else:
+            raise InvalidInput(f"unknown archive format {fmt!r} (use docker or oci)")
+
+
+def _write_docker(store: Store, chosen: list[tuple[ImageRecord, list[reference.Reference]]], sink: _TarSink) -> None:
+    manifest_json, index, repositories = [], [], {}
+    for record, tags in chosen:
+        config_bytes = store.blobs.read(record.id)
+        sink.add_bytes(_blob_name(record.id), config_bytes)
+        layer_descs = []
+        for ref in record.layers:
+            f, size = _uncompressed_layer(store, ref, store.blobs.tmp)
+            with f:
+                sink.add_file(_blob_name(ref.diff_id), f, size)
+            layer_descs.append(LayerRef(ref.diff_id, mt.OCI_LAYER, size, ref.diff_id))
+        manifest = oci_manifest(record.id, len(config_bytes), layer_descs)
+        manifest_digest = dg.of_bytes(manifest)
+        sink.add_bytes(_blob_name(manifest_digest), manifest)
+        for t in tags or [None]:
+            index.append(_index_entry(manifest, t))
+            if t is not None and record.layers:
+                repositories.setdefault(t.familiar_name, {})[t.tag] = dg.hex_of(record.layers[-1].diff_id)
+        manifest_json.append(
+            {
+                "Config": _blob_name(record.id),
+                "RepoTags": [t.familiar for t in tags],
+                "Layers": [_blob_name(x.diff_id) for x in record.layers],
+            }
+        )
+    _write_layout(sink, index)
+    sink.add_bytes("manifest.json", json.dumps(manifest_json).encode())
+    if repositories:
+        sink.add_bytes("repositories", json.dumps(repositories).encode())
+
+
+def _oci_manifest_bytes(store: Store, record: ImageRecord) -> bytes:
+    """The stored manifest if it is OCI already (digest preserved), else an OCI rendering of it."""
+    if record.manifest_media_type == mt.OCI_MANIFEST:
+        return store.blobs.read(record.manifest)
+    return oci_manifest(record.id, store.blobs.size(record.id), record.layers)
+
+
+def _write_oci(store: Store, chosen: list[tuple[ImageRecord, list[reference.Reference]]], sink: _TarSink) -> None:
+    index = []
+    for record, tags in chosen:
+        for d in [record.id, *(x.digest for x in record.layers)]:
+            with store.blobs.open(d) as f:
+                sink.add_file(_blob_name(d), f, store.blobs.size(d))
+        manifest = _oci_manifest_bytes(store, record)
+        manifest_digest = dg.of_bytes(manifest)
+        sink.add_bytes(_blob_name(manifest_digest), manifest)
+        index += [_index_entry(manifest, t) for t in tags or [None]]
+    _write_layout(sink, index)
+
+
+def save_to_dir(store: Store, names: list[str], target: Path) -> None:
+    """Write an OCI layout directory (made in a temporary sibling, renamed into place)."""
+    if target.exists():
+        raise InvalidInput(f"{target} already exists")
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        spool = work / ".layout.tar"
+        with open(spool, "wb") as f:
+            save(store, names, f, "oci")
+        with tarfile.open(spool) as tar:
+            tar.extractall(work, filter="data")
+        spool.unlink()
+        os.rename(work, target)
+    except (StoreError, OSError):
+        shutil.rmtree(work, ignore_errors=True)
+        raise

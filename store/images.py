@@ -1,0 +1,108 @@
+"""Image records and tags.
+
+An image is identified by its config digest (as in Docker). Its record, `images/<id-hex>.json`,
+names its config, its manifest and its layer blobs; the tags live in `tags.json`, replaced
+atomically. Config and manifest bytes are blobs like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import digest as dg
+from .blobs import tmp_prefix
+from .errors import NotFound
+
+
+@dataclass
+class LayerRef:
+    """One layer as an image refers to it: the stored blob and the uncompressed diffID."""
+
+    digest: str
+    media_type: str
+    size: int
+    diff_id: str
+
+
+@dataclass
+class ImageRecord:
+    id: str
+    manifest: str
+    manifest_media_type: str
+    layers: list[LayerRef]
+    added: str
+    repo_digests: list[str] = field(default_factory=list)
+    parent: str | None = None
+    last_tag_time: str | None = None
+
+    @staticmethod
+    def from_json(data: dict) -> ImageRecord:
+        data = dict(data)
+        data["layers"] = [LayerRef(**x) for x in data["layers"]]
+        return ImageRecord(**data)
+
+    @property
+    def blobs(self) -> set[str]:
+        return {self.id, self.manifest, *(x.digest for x in self.layers)}
+
+
+def atomic_write(path: Path, data: bytes, tmp: Path) -> None:
+    fd, name = tempfile.mkstemp(dir=tmp, prefix=tmp_prefix("rec"))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        if os.path.exists(name):
+            os.unlink(name)
+        raise
+
+
+class ImageIndex:
+    """Image records and the tag table, on disk."""
+
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.dir = root / "images"
+        self.tags_file = root / "tags.json"
+        self.tmp = tmp
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, image_id: str) -> Path:
+        return self.dir / f"{dg.hex_of(image_id)}.json"
+
+    def has(self, image_id: str) -> bool:
+        return self._path(image_id).is_file()
+
+    def get(self, image_id: str) -> ImageRecord:
+        try:
+            return ImageRecord.from_json(json.loads(self._path(image_id).read_text()))
+        except FileNotFoundError:
+            raise NotFound(f"No such image: {image_id}") from None
+
+    def put(self, record: ImageRecord) -> None:
+        atomic_write(self._path(record.id), json.dumps(asdict(record), indent=1).encode(), self.tmp)
+
+    def delete(self, image_id: str) -> None:
+        try:
+            self._path(image_id).unlink()
+        except FileNotFoundError:
+            pass
+
+    def all(self) -> list[ImageRecord]:
+        return [ImageRecord.from_json(json.loads(p.read_text())) for p in sorted(self.dir.glob("*.json"))]
+
+    def tags(self) -> dict[str, str]:
+        """Full reference (`docker.io/library/x:tag`) → image ID."""
+        try:
+            return json.loads(self.tags_file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        atomic_write(self.tags_file, json.dumps(dict(sorted(tags.items())), indent=1).encode(), self.tmp)

@@ -1,0 +1,134 @@
+"""Unpacked layers: one read-only directory per chain ID, shared by every image that stacks it.
+
+`layers/<chain-hex>/diff` holds the layer's files; `layers/<chain-hex>/layer.json` its record. A
+layer is unpacked into a temporary directory and renamed into place only after its diffID was
+verified, so a layer directory is always complete. Whether a layer is still needed is derived
+from the image records (see `Store`), never stored as a counter that could drift.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from . import digest as dg
+from .blobs import tmp_prefix
+from .compression import DECOMPRESS_ERRORS, open_decompressed
+from .errors import InvalidInput, NotFound
+from .tarlayer import unpack
+
+
+def chain_id(parent: str | None, diff_id: str) -> str:
+    """ChainID(L0|…|Ln) = sha256(ChainID(L0|…|Ln-1) + " " + DiffID(Ln)); ChainID(L0) = DiffID(L0)."""
+    return diff_id if parent is None else dg.of_bytes(f"{parent} {diff_id}".encode())
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for d in diff_ids:
+        out.append(chain_id(out[-1] if out else None, d))
+    return out
+
+
+@dataclass
+class Layer:
+    chain_id: str
+    diff_id: str
+    parent: str | None
+    size: int
+    lost: list[str] = field(default_factory=list)
+
+
+class LayerStore:
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.dir = root / "layers"
+        self.tmp = tmp
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _home(self, chain: str) -> Path:
+        return self.dir / dg.hex_of(chain)
+
+    def path(self, chain: str) -> Path:
+        """The layer's read-only directory."""
+        return self._home(chain) / "diff"
+
+    def has(self, chain: str) -> bool:
+        return (self._home(chain) / "layer.json").is_file()
+
+    def get(self, chain: str) -> Layer:
+        try:
+            return Layer(**json.loads((self._home(chain) / "layer.json").read_text()))
+        except FileNotFoundError:
+            raise NotFound(f"layer {chain} not found") from None
+
+    def all(self) -> list[Layer]:
+        out = []
+        for home in self.dir.iterdir():
+            if (home / "layer.json").is_file():
+                out.append(Layer(**json.loads((home / "layer.json").read_text())))
+        return out
+
+    def unpack(self, stream: BinaryIO, parent: str | None, diff_id: str | None, what: str) -> Layer:
+        """Unpack a (possibly compressed) layer tar on top of chain `parent`.
+
+        The uncompressed stream is hashed as it is unpacked; the layer is kept only if it equals
+        `diff_id` (when given). Returns the existing record if the layer was already there.
+        """
+        work = Path(tempfile.mkdtemp(dir=self.tmp, prefix=tmp_prefix("layer")))
+        try:
+            (work / "diff").mkdir()
+            try:
+                plain, _ = open_decompressed(stream)
+                hashing = dg.HashingReader(plain)
+                result = unpack(hashing, work / "diff", self._lowers(parent))
+                hashing.drain()
+            except DECOMPRESS_ERRORS as e:
+                raise InvalidInput(f"{what}: corrupt or truncated data ({e})") from None
+            dg.check(hashing.digest, diff_id, f"{what} (uncompressed)")
+            layer = Layer(chain_id(parent, hashing.digest), hashing.digest, parent, result.size, result.lost)
+            if self.has(layer.chain_id):
+                return self.get(layer.chain_id)
+            (work / "layer.json").write_text(json.dumps(asdict(layer)))
+            _fsync_dir(work)
+            try:
+                os.rename(work, self._home(layer.chain_id))
+            except OSError:
+                if not self.has(layer.chain_id):  # not a concurrent writer's win: a real error
+                    raise
+            return layer
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _lowers(self, chain: str | None) -> list[Path]:
+        """Directories of the layer `chain` and those below it, topmost first."""
+        out = []
+        while chain is not None:
+            out.append(self.path(chain))
+            chain = self.get(chain).parent
+        return out
+
+    def delete(self, chain: str) -> None:
+        """Remove a layer: first make it invisible (rename), then delete its files."""
+        home = self._home(chain)
+        if not home.exists():
+            return
+        grave = Path(tempfile.mkdtemp(dir=self.tmp, prefix=tmp_prefix("rmlayer")))
+        os.rename(home, grave / "x")
+        shutil.rmtree(grave, ignore_errors=True)
+
+    def disk_usage(self, chain: str) -> int:
+        return self.get(chain).size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

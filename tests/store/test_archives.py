@@ -1,0 +1,225 @@
+"""load / save / import against real archives made by skopeo and umoci, and read back by them."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from store import archive
+from store.errors import InvalidInput
+from store.layers import chain_ids
+from store.store import Store
+from tests.helpers import apply_oci_layers, dump_tree, gnu_untar, snapshot, strata
+
+
+def skopeo(*args: str) -> str:
+    return subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def layered_archive(image_layouts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`layered:latest` as a docker-archive written by skopeo (Docker's own format)."""
+    out = tmp_path_factory.mktemp("arch") / "layered.tar"
+    skopeo("copy", "-q", f"oci:{image_layouts}/oci/layered:latest", f"docker-archive:{out}:layered:latest")
+    return out
+
+
+def layer_blobs(layout: Path, tag: str) -> list[Path]:
+    index = json.loads((layout / "index.json").read_text())
+    desc = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+    manifest = json.loads((layout / "blobs/sha256" / desc["digest"][7:]).read_text())
+    return [layout / "blobs/sha256" / x["digest"][7:] for x in manifest["layers"]]
+
+
+def test_load_docker_archive_unpacks_each_layer_like_gnu_tar(
+    root: Path, layered_archive: Path, image_layouts: Path, tmp_path: Path
+) -> None:
+    out = strata(root, "load", "-i", str(layered_archive)).stdout.decode()
+    assert out.strip() == "Loaded image: layered:latest"
+    store = Store(root)
+    record = store.resolve("layered")
+    blobs = layer_blobs(image_layouts / "oci/layered", "latest")
+    assert len(record.layers) == len(blobs) == 5
+    for i, (chain, blob) in enumerate(zip(store.chain(record), blobs, strict=True)):
+        oracle = tmp_path / f"gnu{i}"
+        gnu_untar(blob, oracle)
+        # directories the tar only implies take their metadata from the layers below, by design
+        listed = subprocess.run(["tar", "-taf", str(blob)], check=True, capture_output=True, text=True).stdout
+        explicit = {n.removeprefix("./").rstrip("/") or "/" for n in listed.splitlines()} | {"/"}
+
+        def explicit_only(dump: str) -> list[str]:
+            return [x for x in dump.splitlines() if not x.startswith("d ") or x.split(" ", 3)[3] in explicit]
+
+        assert explicit_only(dump_tree(store.layers.path(chain))) == explicit_only(dump_tree(oracle)), i + 1
+
+
+def test_layers_stack_to_the_expected_tree(root: Path, image_layouts: Path, tmp_path: Path) -> None:
+    strata(root, "load", "-i", str(image_layouts / "oci/layered"))
+    store = Store(root)
+    record = next(r for r in store.images.all())
+    merged = tmp_path / "merged"
+    apply_oci_layers([store.layers.path(c) for c in store.chain(record)], merged)
+    assert dump_tree(merged) == (image_layouts / "expected/layered.tree").read_text()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "stdin"])
+def test_load_compressed_and_stdin_give_the_same_image(
+    root: Path, layered_archive: Path, compression: str, tmp_path: Path
+) -> None:
+    data = layered_archive.read_bytes()
+    if compression == "gzip":
+        data = gzip.compress(data)
+    elif compression == "zstd":
+        data = zstandard.ZstdCompressor().compress(data)
+    plain_root = tmp_path / "plain"
+    strata(plain_root, "load", "-i", str(layered_archive))
+    if compression == "stdin":
+        strata(root, "load", input=data)
+    else:
+        f = tmp_path / f"a.tar.{compression}"
+        f.write_bytes(data)
+        strata(root, "load", "-i", str(f))
+    a, b = Store(plain_root).resolve("layered"), Store(root).resolve("layered")
+    assert a.id == b.id and [x.diff_id for x in a.layers] == [x.diff_id for x in b.layers]
+
+
+def test_save_is_read_by_skopeo_and_round_trips(root: Path, layered_archive: Path, tmp_path: Path) -> None:
+    strata(root, "load", "-i", str(layered_archive))
+    original = Store(root).resolve("layered")
+    saved = tmp_path / "saved.tar"
+    strata(root, "save", "-o", str(saved), "layered")
+    info = json.loads(skopeo("inspect", f"docker-archive:{saved}"))
+    config = json.loads(Store(root).blobs.read(original.id))
+    assert info["Layers"] == config["rootfs"]["diff_ids"]
+    skopeo("copy", "-q", f"docker-archive:{saved}", f"oci:{tmp_path}/copied:x")
+    other = tmp_path / "other"
+    strata(other, "load", "-i", str(saved))
+    back = Store(other).resolve("layered:latest")
+    assert back.id == original.id
+    assert [x.diff_id for x in back.layers] == [x.diff_id for x in original.layers]
+
+
+def test_save_oci_layout_is_unpacked_by_umoci_to_the_expected_tree(
+    root: Path, image_layouts: Path, tmp_path: Path
+) -> None:
+    strata(root, "load", "-i", str(image_layouts / "oci/layered"))
+    strata(root, "tag", next(iter(Store(root).images.all())).id, "layered:v1")
+    layout = tmp_path / "layout"
+    strata(root, "save", "--format", "oci", "-o", str(layout), "layered:v1")
+    skopeo("inspect", f"oci:{layout}:v1")
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)], check=True, capture_output=True)
+    assert dump_tree(bundle / "rootfs") == (image_layouts / "expected/layered.tree").read_text()
+
+
+def test_truncated_archive_fails_and_leaves_store_as_it_was(root: Path, layered_archive: Path, tmp_path: Path) -> None:
+    strata(root, "load", "-i", str(layered_archive))  # something already there
+    before = snapshot(root)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(layered_archive.read_bytes()[:1_000_000])
+    other = tmp_path / "other.tar"
+    subprocess.run(
+        ["skopeo", "copy", "-q", f"docker-archive:{layered_archive}", f"docker-archive:{other}:x:y"], check=True
+    )
+    for bad in (cut,):
+        proc = strata(root, "load", "-i", str(bad), check=False)
+        assert proc.returncode == 1
+        err = proc.stderr.decode().strip()
+        assert err.startswith("Error:") and "\n" not in err and "Traceback" not in err
+    assert snapshot(root) == before
+
+
+def test_corrupt_layer_is_rejected_and_nothing_kept(root: Path, layered_archive: Path, tmp_path: Path) -> None:
+    with tarfile.open(layered_archive) as src:
+        members = [(m, src.extractfile(m).read() if m.isreg() else None) for m in src.getmembers()]
+    manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
+    victim = manifest[0]["Layers"][1]
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as dst:
+        for m, data in members:
+            if m.name == victim:
+                data = data[:-2048] + b"\x01" * 2048  # same size, different bytes
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    proc = strata(root, "load", "-i", str(bad), check=False)
+    assert proc.returncode == 1 and "digest mismatch" in proc.stderr.decode()
+    s = Store(root)
+    assert s.images.all() == [] and s.images.tags() == {}
+    # the good bottom layer may stay as a layer, but no image and no half-written layer is visible
+    assert all((s.layers.path(x.chain_id)).is_dir() for x in s.layers.all())
+    assert list(s.blobs.tmp.iterdir()) == []
+
+
+def _tar_with(entries: list[tarfile.TarInfo]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for e in entries:
+            t.addfile(e, io.BytesIO(b"x" * e.size) if e.isreg() else None)
+    return buf.getvalue()
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", size: int = 0) -> tarfile.TarInfo:
+    e = tarfile.TarInfo(name)
+    e.type, e.linkname, e.size = kind, link, size
+    return e
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [_entry("../escape", size=1)],
+        [_entry("/etc/abs", size=1)],
+        [_entry("a/../../b", size=1)],
+        [_entry("link", tarfile.SYMTYPE, "/etc"), _entry("link/passwd", size=1)],
+        [_entry("up", tarfile.SYMTYPE, "../../.."), _entry("ok", size=1)],
+        [_entry("hard", tarfile.LNKTYPE, "../../etc/passwd")],
+        [_entry("hard", tarfile.LNKTYPE, "missing")],
+    ],
+    ids=["dotdot", "absolute", "inner-dotdot", "through-symlink", "symlink-out", "hardlink-out", "hardlink-missing"],
+)
+def test_import_refuses_entries_outside_the_layer(root: Path, tmp_path: Path, entries: list) -> None:
+    bad = tmp_path / "evil.tar"
+    bad.write_bytes(_tar_with(entries))
+    proc = strata(root, "import", str(bad), "evil:1", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert "layer" in proc.stderr.decode() and "Traceback" not in proc.stderr.decode()
+    s = Store(root)
+    assert s.images.all() == [] and s.layers.all() == [] and s.blobs.all() == []
+    assert not (tmp_path / "etc").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_import_makes_a_one_layer_image_with_changes(root: Path, tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc/hello").write_text("hi\n")
+    tarball = tmp_path / "rootfs.tar.gz"
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(rootfs), "."], check=True)
+    out = strata(root, "import", "-c", "ENV A=1", "-c", 'CMD ["/bin/sh"]', "-c", "EXPOSE 80", str(tarball), "mine:v1")
+    image_id = out.stdout.decode().strip()
+    info = json.loads(strata(root, "inspect", "mine:v1").stdout)[0]
+    assert info["Id"] == image_id
+    assert info["Config"]["Env"] == ["A=1"] and info["Config"]["Cmd"] == ["/bin/sh"]
+    assert info["Config"]["ExposedPorts"] == {"80/tcp": {}}
+    diff_id = info["RootFS"]["Layers"][0]
+    assert diff_id == "sha256:" + __import__("hashlib").sha256(gzip.decompress(tarball.read_bytes())).hexdigest()
+    history = strata(root, "history", "--format", "{{.Comment}}", "mine:v1").stdout.decode()
+    assert history.strip() == f"Imported from {tarball}"
+    s = Store(root)
+    assert (s.layers.path(chain_ids([diff_id])[-1]) / "etc/hello").read_text() == "hi\n"
+    proc = strata(root, "import", "-c", "RUN rm -rf /", str(tarball), check=False)
+    assert proc.returncode == 1 and "not a valid change command" in proc.stderr.decode()
+
+
+def test_load_rejects_a_file_that_is_no_archive(root: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a tar at all" * 100)
+    proc = strata(root, "load", "-i", str(junk), check=False)
+    assert proc.returncode == 1 and proc.stderr.decode().count("\n") == 1
+    with pytest.raises(InvalidInput):
+        archive.load(Store(tmp_path / "s"), junk)
