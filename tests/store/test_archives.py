@@ -54,10 +54,11 @@ def test_load_docker_archive_unpacks_each_layer_like_gnu_tar(
         listed = subprocess.run(["tar", "-taf", str(blob)], check=True, capture_output=True, text=True).stdout
         explicit = {n.removeprefix("./").rstrip("/") or "/" for n in listed.splitlines()} | {"/"}
 
-        def explicit_only(dump: str) -> list[str]:
-            return [x for x in dump.splitlines() if not x.startswith("d ") or x.split(" ", 3)[3] in explicit]
+        assert _explicit(dump_tree(store.layers.path(chain)), explicit) == _explicit(dump_tree(oracle), explicit), i + 1
 
-        assert explicit_only(dump_tree(store.layers.path(chain))) == explicit_only(dump_tree(oracle)), i + 1
+
+def _explicit(dump: str, explicit: set[str]) -> list[str]:
+    return [x for x in dump.splitlines() if not x.startswith("d ") or x.split(" ", 3)[3] in explicit]
 
 
 def test_layers_stack_to_the_expected_tree(root: Path, image_layouts: Path, tmp_path: Path) -> None:
