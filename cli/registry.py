@@ -16,7 +16,10 @@ from store.registry.errors import RegistryError
 from store.registry.progress import for_terminal
 
 _insecure_option = click.option(
-    "--insecure-registry", "insecure", multiple=True, metavar="HOST",
+    "--insecure-registry",
+    "insecure",
+    multiple=True,
+    metavar="HOST",
     help="Allow plain HTTP or unverified TLS for HOST (repeatable; also $STRATA_INSECURE_REGISTRIES).",
 )
 
@@ -33,12 +36,24 @@ def _options(insecure: tuple[str, ...], max_connections: int = 4) -> ClientOptio
 @_insecure_option
 @click.argument("name")
 @user_errors
-def pull(name: str, all_tags: bool, quiet: bool, platform: str | None, max_concurrent_downloads: int,
-         insecure: tuple[str, ...]) -> None:
+def pull(
+    name: str,
+    all_tags: bool,
+    quiet: bool,
+    platform: str | None,
+    max_concurrent_downloads: int,
+    insecure: tuple[str, ...],
+) -> None:
     """Download an image (NAME[:TAG|@DIGEST]) from a registry."""
     store = get_store()
-    results = pull_mod.pull(store, name, all_tags=all_tags, platform=platform,
-                            options=_options(insecure, max_concurrent_downloads), reporter=for_terminal(quiet))
+    results = pull_mod.pull(
+        store,
+        name,
+        all_tags=all_tags,
+        platform=platform,
+        options=_options(insecure, max_concurrent_downloads),
+        reporter=for_terminal(quiet),
+    )
     status, full = pull_mod.status_line(results, name, all_tags)
     if not quiet:
         click.echo(status)
@@ -54,8 +69,9 @@ def pull(name: str, all_tags: bool, quiet: bool, platform: str | None, max_concu
 def push(name: str, quiet: bool, max_concurrent_uploads: int, insecure: tuple[str, ...]) -> None:
     """Upload an image (NAME[:TAG]) to its registry."""
     store = get_store()
-    result = push_mod.push(store, name, options=_options(insecure, max_concurrent_uploads),
-                           reporter=for_terminal(quiet))
+    result = push_mod.push(
+        store, name, options=_options(insecure, max_concurrent_uploads), reporter=for_terminal(quiet)
+    )
     if quiet:
         click.echo(str(result.reference))
 
@@ -67,8 +83,9 @@ def push(name: str, quiet: bool, max_concurrent_uploads: int, insecure: tuple[st
 @_insecure_option
 @click.argument("server", required=False, default="docker.io")
 @user_errors
-def login(server: str, username: str | None, password: str | None, password_stdin: bool,
-          insecure: tuple[str, ...]) -> None:
+def login(
+    server: str, username: str | None, password: str | None, password_stdin: bool, insecure: tuple[str, ...]
+) -> None:
     """Log in to a registry (credentials are kept in $DOCKER_CONFIG/config.json)."""
     if password and password_stdin:
         raise RegistryError("--password and --password-stdin are mutually exclusive")
