@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 
 # Each module defines click commands and a `register(group)` function.
-COMMAND_MODULES = ["cli.images", "cli.archives", "cli.containers", "cli.registry", "cli.system", "cli.bench"]
+COMMAND_MODULES = [
+    "cli.images",
+    "cli.archives",
+    "cli.containers",
+    "cli.commit",
+    "cli.registry",
+    "cli.system",
+    "cli.bench",
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,93 @@
+"""commit and export: a container's changes as a new image; its whole filesystem as one tar."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from cli.common import fail, get_store, user_errors
+from store.commit import ChangedPath, commit, write_changeset
+from unionfs.mount import MountError, MountSpec, iter_changes, mount, unmount
+from unionfs.whiteout import is_private_xattr
+
+
+def _keep_xattr(name: str) -> bool:
+    return not is_private_xattr(name.encode())
+
+
+@click.command("commit")
+@click.option("-a", "--author", help='Author (e.g. "Jane Doe <jane@example.com>").')
+@click.option("-m", "--message", help="Commit message.")
+@click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction (CMD, ENV, …).")
+@click.option("-p/--no-pause", "--pause", default=True, help="Accepted for Docker compatibility.")
+@click.option("--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip", show_default=True)
+@click.argument("container")
+@click.argument("repository", required=False)
+@user_errors
+def commit_cmd(
+    author: str | None,
+    message: str | None,
+    changes: tuple[str, ...],
+    pause: bool,
+    compression: str,
+    container: str,
+    repository: str | None,
+) -> None:
+    """Create a new image from a container's changes."""
+    store = get_store()
+    c = store.containers.find(container)
+    upper = store.containers.upper(c.id)
+    if not upper.is_dir():
+        fail(f"container {c.name}: its writable layer {upper} is missing")
+    image = store.images.get(c.image)
+    found = iter_changes(store.layer_dirs(image), upper, store.index_cache(image))
+    changed = [ChangedPath(x.path, x.kind, x.upper_path, x.opaque) for x in found]
+    record = commit(store, image, changed, _keep_xattr, repository, author, message, list(changes), compression)
+    click.echo(record.id)
+
+
+@click.command("export")
+@click.option("-o", "--output", "target", help="Write to a file instead of stdout.")
+@click.argument("container")
+@user_errors
+def export(target: str | None, container: str) -> None:
+    """Export a container's whole filesystem as a tar archive."""
+    store = get_store()
+    c = store.containers.find(container)
+    image = store.images.get(c.image)
+    if target is None and sys.stdout.isatty():
+        fail("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+    with tempfile.TemporaryDirectory(prefix="strata-export-") as mp:
+        spec = MountSpec(store.layer_dirs(image), index_cache=store.index_cache(image))
+        spec.lowers = [store.containers.upper(c.id), *spec.lowers]  # the container layer, read-only
+        try:
+            mount(spec, Path(mp))
+        except MountError as e:
+            fail(str(e))
+        try:
+            entries = [ChangedPath("/" + os.path.relpath(p, mp), "A", Path(p)) for p in _walk(mp)]
+            if target is None:
+                write_changeset(entries, sys.stdout.buffer, _keep_xattr)
+            else:
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(target)), prefix=".export.")
+                with os.fdopen(fd, "wb") as f:
+                    write_changeset(entries, f, _keep_xattr)
+                os.replace(tmp, target)
+        finally:
+            unmount(Path(mp))
+
+
+def _walk(root: str) -> list[str]:
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        out += [os.path.join(dirpath, n) for n in dirs + files]
+    return out
+
+
+def register(group: click.Group) -> None:
+    group.add_command(commit_cmd, "commit")
+    group.add_command(export)
