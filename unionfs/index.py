@@ -183,7 +183,8 @@ class Index:
                 return None
         except (struct.error, ValueError, TypeError):
             return None
-        idx = cls(lowers, *arrays, names, key=key)
+        meta, links, name_off, table = arrays
+        idx = cls(lowers, meta, links, name_off, names, table, key=key)
         idx._mm = mm
         return idx
 
