@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Set everything up, then walk through strata offline on a sample image it builds itself:
+# import → save/load → images → inspect → history → create → mount → browse → change → diff → commit → history.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+DEMO=${STRATA_DEMO_DIR:-/tmp/strata-demo}
+export STRATA_ROOT="$DEMO/store"
+strata() { .venv/bin/strata "$@"; }
+say() { printf '\n\033[1m$ strata %s\033[0m\n' "$*"; strata "$@"; }
+MNT="$DEMO/mnt"
+
+cleanup() {
+    mountpoint -q "$MNT" 2>/dev/null && strata umount "$MNT" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$DEMO" && mkdir -p "$DEMO/rootfs" "$MNT"
+
+# A tiny sample rootfs (users have no ../shared; the demo makes its own image).
+R="$DEMO/rootfs"
+mkdir -p "$R/etc" "$R/bin" "$R/srv/www" "$R/tmp"
+printf 'NAME="strata sample"\nID=sample\n' > "$R/etc/os-release"
+echo sample > "$R/etc/hostname"
+printf '#!/bin/sh\necho "hello from the sample image"\n' > "$R/bin/hello"
+chmod 0755 "$R/bin/hello"; chmod 1777 "$R/tmp"
+echo '<h1>it works</h1>' > "$R/srv/www/index.html"
+ln -s ../etc/hostname "$R/srv/hostname-link"
+tar --numeric-owner --owner=0 --group=0 -czf "$DEMO/rootfs.tar.gz" -C "$R" .
+
+say import -m "sample rootfs" -c 'CMD ["/bin/hello"]' -c "ENV DEMO=1" "$DEMO/rootfs.tar.gz" demo/sample:1.0
+say save -o "$DEMO/sample.tar" demo/sample:1.0
+say rmi demo/sample:1.0
+say load -i "$DEMO/sample.tar"
+say images
+say inspect --format '{{.Id}} {{json .Config.Cmd}} {{.Os}}/{{.Architecture}}' demo/sample:1.0
+say history demo/sample:1.0
+
+say create --name demo demo/sample:1.0
+say mount demo "$MNT"
+say ps
+printf '\n\033[1m$ ls -la %s/srv/www; cat %s/etc/os-release\033[0m\n' "$MNT" "$MNT"
+ls -la "$MNT/srv/www"; cat "$MNT/etc/os-release"
+printf '\n\033[1m# change: edit a file, add one, delete one\033[0m\n'
+echo "changed in the container" > "$MNT/etc/hostname"
+echo '<p>new page</p>' > "$MNT/srv/www/new.html"
+rm "$MNT/srv/hostname-link"
+say diff demo
+say umount demo
+say commit -a "demo <demo@example.com>" -m "edit hostname, add a page" -c "ENV DEMO=2" demo demo/sample:1.1
+say history demo/sample:1.1
+say images
+say system df
+
+cat <<TXT
+
+Done. The demo store is $STRATA_ROOT (remove it with: rm -rf $DEMO).
+Where a registry is reachable, try: .venv/bin/strata pull alpine
+TXT
