@@ -125,7 +125,7 @@ def error_detail(resp: httpx.Response) -> str:
         errors = body.get("errors") or []
         if errors:
             e = errors[0]
-            return f"{str(e.get('code', '')).lower()}: {e.get('message', '')}".strip(": ")
+            return f"{str(e.get('code', '')).lower().replace('_', ' ')}: {e.get('message', '')}".strip(": ")
         if body.get("message"):
             return str(body["message"])
     except (ValueError, AttributeError, httpx.ResponseNotRead):

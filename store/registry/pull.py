@@ -28,7 +28,7 @@ from store.store import Store
 
 from . import platform as plat
 from .client import ClientOptions, Registry
-from .errors import RegistryError
+from .errors import RegistryError, run
 from .progress import Reporter
 
 LAYER_TYPES = {mt.OCI_LAYER, mt.OCI_LAYER_GZIP, mt.OCI_LAYER_ZSTD, mt.DOCKER_LAYER, mt.DOCKER_LAYER_GZIP,
@@ -283,7 +283,7 @@ async def pull_async(
 
 def pull(store: Store, name: str, **kwargs: object) -> list[PullResult]:
     """Synchronous `pull_async` (runs its own trio loop)."""
-    return trio.run(lambda: pull_async(store, name, **kwargs))  # type: ignore[arg-type]
+    return run(lambda: pull_async(store, name, **kwargs))  # type: ignore[arg-type]
 
 
 def status_line(results: list[PullResult], name: str, all_tags: bool) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from store.reference import Reference
 from store.store import Store
 
 from .client import ClientOptions, Registry
-from .errors import RegistryError
+from .errors import RegistryError, run
 from .progress import Reporter
 
 CHUNK_SIZE = 16 << 20
@@ -147,4 +147,4 @@ async def push_async(
 
 def push(store: Store, name: str, **kwargs: object) -> PushResult:
     """Synchronous `push_async`."""
-    return trio.run(lambda: push_async(store, name, **kwargs))  # type: ignore[arg-type]
+    return run(lambda: push_async(store, name, **kwargs))  # type: ignore[arg-type]

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
-import trio
 
 from store import reference
 
 from . import auth
 from .client import USER_AGENT, ClientOptions, Registry, describe, error_detail
-from .errors import AuthError, RegistryError
+from .errors import AuthError, RegistryError, run
 
 HUB_SEARCH = "https://index.docker.io/v1/search"
 
@@ -24,7 +23,7 @@ async def inspect_async(name: str, options: ClientOptions | None = None) -> tupl
 
 
 def inspect(name: str, options: ClientOptions | None = None) -> tuple[bytes, str, str]:
-    return trio.run(inspect_async, name, options)
+    return run(inspect_async, name, options)
 
 
 @dataclass
@@ -97,7 +96,7 @@ async def search_async(
 
 def search(term: str, limit: int = 25, filters: tuple[str, ...] | list[str] = (),
            options: ClientOptions | None = None) -> list[SearchHit]:
-    return trio.run(search_async, term, limit, filters, options)
+    return run(search_async, term, limit, filters, options)
 
 
 async def login_async(server: str, creds: auth.Credentials, options: ClientOptions | None = None) -> str:
@@ -117,7 +116,7 @@ async def login_async(server: str, creds: auth.Credentials, options: ClientOptio
 
 
 def login(server: str, creds: auth.Credentials, options: ClientOptions | None = None) -> str:
-    return trio.run(login_async, server, creds, options)
+    return run(login_async, server, creds, options)
 
 
 def format_search(hits: list[SearchHit], no_trunc: bool = False) -> str:
