@@ -156,6 +156,7 @@ class Registry:
         self.api_host = api_host(self.host)
         self.insecure = self.host in self.options.insecure or is_loopback(self.host)
         self.base: str | None = None
+        self.tls_verified: bool | None = None  # after connect(): https with a verified certificate?
         self._clients: dict[bool, httpx.AsyncClient] = {}
         self._client: httpx.AsyncClient | None = None
         self._challenge: auth.Challenge | None = None
@@ -213,6 +214,7 @@ class Registry:
                         break
                     continue
                 self.base, self._client = f"{scheme}://{self.api_host}", client
+                self.tls_verified = scheme == "https" and verify
                 if resp.status_code == 401:
                     self._set_challenge(resp)
                 elif resp.status_code != 200:
@@ -368,6 +370,12 @@ class Registry:
                 continue
             return resp
 
+    def familiar(self, repo: str) -> str:
+        """A repository as Docker names it in messages (`ubuntu`, `host:5000/app`)."""
+        if self.host == "docker.io":
+            return repo.removeprefix("library/")
+        return f"{self.host}/{repo}"
+
     def fail(self, resp: httpx.Response, what: str, op: str = "pull", repo: str | None = None) -> RegistryError:
         """The error to raise for an unexpected response to a request about `what`."""
         if stream_unread(resp):
@@ -376,13 +384,13 @@ class Registry:
             detail = error_detail(resp)
         code = resp.status_code
         if code in (401, 403):
+            if code == 401 and self.auth_scheme == "basic" and self.credentials is not None:
+                return AuthError(f"{self.host}: unauthorized: incorrect username or password")
             if op == "pull" and repo:
                 return AuthError(
                     f"pull access denied for {repo}, repository does not exist or may require "
                     f"'strata login {self.host}': {DENIED}"
                 )
-            if self.credentials is not None and code == 401:
-                return AuthError(f"{self.host}: unauthorized: incorrect username or password ({detail})")
             return AuthError(DENIED)
         if code == 404:
             return NotFoundError(f"{what} not found: {detail}")
@@ -400,7 +408,7 @@ class Registry:
             "GET", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull", headers={"Accept": MANIFEST_ACCEPT}
         )
         if resp.status_code != 200:
-            raise self.fail(resp, what, "pull", familiar or repo)
+            raise self.fail(resp, what, "pull", self.familiar(repo))
         data = resp.content
         if len(data) > MAX_MANIFEST:
             raise RegistryError(f"{what}: manifest too large ({len(data)} bytes)")
@@ -432,7 +440,7 @@ class Registry:
         try:
             if resp.status_code not in (200, 206):
                 await resp.aread()
-                raise self.fail(resp, f"blob {digest}", "pull", repo)
+                raise self.fail(resp, f"blob {digest}", "pull", self.familiar(repo))
             yield resp
         finally:
             await resp.aclose()
