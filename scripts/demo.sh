@@ -8,7 +8,7 @@ bash scripts/setup.sh
 DEMO=${STRATA_DEMO_DIR:-/tmp/strata-demo}
 export STRATA_ROOT="$DEMO/store"
 strata() { .venv/bin/strata "$@"; }
-say() { printf '\n\033[1m$ strata %s\033[0m\n' "$*"; strata "$@"; }
+say() { printf '\n\033[1m$ strata'; printf ' %q' "$@"; printf '\033[0m\n'; strata "$@"; }
 MNT="$DEMO/mnt"
 
 cleanup() {
