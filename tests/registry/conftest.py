@@ -48,8 +48,11 @@ def start_registry(state: Path, *args: str) -> RegistryInfo:
     if not (SCRIPTS / "start-registry.sh").is_file():
         pytest.skip(f"registry scripts not found in {SCRIPTS} (set STRATA_SHARED)")
     port = free_port()
-    subprocess.run(["bash", str(SCRIPTS / "start-registry.sh"), str(state), "--port", str(port), *args],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["bash", str(SCRIPTS / "start-registry.sh"), str(state), "--port", str(port), *args],
+        check=True,
+        capture_output=True,
+    )
     env = dict(line.split("=", 1) for line in (state / "registry.env").read_text().splitlines() if "=" in line)
     return RegistryInfo(env["REGISTRY_HOST"], state, Path(env["REGISTRY_STORAGE"]), env=env)
 
@@ -66,8 +69,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryInfo]
     try:
         info.work = base / "work"
         digests = base / "digests.txt"
-        subprocess.run(["bash", str(SCRIPTS / "make-images.sh"), "-r", info.host, "-w", str(info.work),
-                        "--digests", str(digests)], check=True, capture_output=True)
+        subprocess.run(
+            ["bash", str(SCRIPTS / "make-images.sh"), "-r", info.host, "-w", str(info.work), "--digests", str(digests)],
+            check=True,
+            capture_output=True,
+        )
         for line in digests.read_text().splitlines():
             name, digest, *_ = line.split()
             info.digests[name] = digest
@@ -79,8 +85,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryInfo]
 @pytest.fixture(scope="session")
 def auth_registry(registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryInfo]:
     """A second registry on the same storage with htpasswd auth (alice / s3cret), plain HTTP."""
-    info = start_registry(tmp_path_factory.mktemp("auth-registry"), "--auth", "alice:s3cret",
-                          "--storage", str(registry.storage))
+    info = start_registry(
+        tmp_path_factory.mktemp("auth-registry"), "--auth", "alice:s3cret", "--storage", str(registry.storage)
+    )
     info.work, info.digests = registry.work, registry.digests
     try:
         yield info
@@ -91,8 +98,9 @@ def auth_registry(registry: RegistryInfo, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def tls_registry(registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryInfo]:
     """Same storage over HTTPS (self-signed CA) with auth alice / s3cret."""
-    info = start_registry(tmp_path_factory.mktemp("tls-registry"), "--auth", "alice:s3cret", "--tls",
-                          "--storage", str(registry.storage))
+    info = start_registry(
+        tmp_path_factory.mktemp("tls-registry"), "--auth", "alice:s3cret", "--tls", "--storage", str(registry.storage)
+    )
     info.work, info.digests = registry.work, registry.digests
     try:
         yield info
@@ -107,3 +115,29 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STRATA_RETRY_BACKOFF", "0.05")
     monkeypatch.delenv("STRATA_INSECURE_REGISTRIES", raising=False)
     monkeypatch.setenv("STRATA_CERTS_D", str(tmp_path / "certs.d"))
+
+
+@dataclass
+class TokenRegistry:
+    host: str
+    issuer: object  # tokenserver.TokenServer
+    digests: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def token_registry(registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenRegistry]:
+    """A registry with `auth: token` trusting a token issuer run by the tests (same storage)."""
+    from .tokenserver import TokenServer, start_token_registry
+
+    work = tmp_path_factory.mktemp("token-registry")
+    issuer = TokenServer(work)
+    realm = issuer.start()
+    try:
+        proc, host = start_token_registry(work, registry.storage, realm, issuer.cert)
+        try:
+            yield TokenRegistry(host, issuer, registry.digests)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        issuer.stop()

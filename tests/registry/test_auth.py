@@ -24,8 +24,10 @@ def config(tmp_path: Path) -> dict:
 
 
 def denied(host: str, repo: str) -> str:
-    return (f"Error: pull access denied for {host}/{repo}, repository does not exist or may require "
-            f"'strata login {host}': denied: requested access to the resource is denied")
+    return (
+        f"Error: pull access denied for {host}/{repo}, repository does not exist or may require "
+        f"'strata login {host}': denied: requested access to the resource is denied"
+    )
 
 
 def test_login_pull_push_logout(auth_registry: RegistryInfo, root: Path, tmp_path: Path) -> None:
@@ -60,19 +62,31 @@ def test_login_pull_push_logout(auth_registry: RegistryInfo, root: Path, tmp_pat
 def test_wrong_stored_password_fails_cleanly(auth_registry: RegistryInfo, root: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "docker-config"
     cfg.mkdir()
-    (cfg / "config.json").write_text(json.dumps(
-        {"auths": {f"http://{auth_registry.host}": {"auth": base64.b64encode(b"alice:nope").decode()}}}))
+    (cfg / "config.json").write_text(
+        json.dumps({"auths": {f"http://{auth_registry.host}": {"auth": base64.b64encode(b"alice:nope").decode()}}})
+    )
     proc = strata(root, "pull", f"{auth_registry.host}/tiny", check=False)
     assert proc.returncode == 1
     assert proc.stderr.decode().strip() == (
-        f"Error: {auth_registry.host}: unauthorized: incorrect username or password")
+        f"Error: {auth_registry.host}: unauthorized: incorrect username or password"
+    )
     push = strata(root, "push", f"{auth_registry.host}/x:y", check=False)
     assert push.returncode == 1 and "No such image" in push.stderr.decode()
 
 
 def test_password_flag_and_prompt_rules(auth_registry: RegistryInfo, root: Path) -> None:
-    proc = strata(root, "login", "-p", "s3cret", "--password-stdin", "-u", "alice", auth_registry.host,
-                  input=b"s3cret\n", check=False)
+    proc = strata(
+        root,
+        "login",
+        "-p",
+        "s3cret",
+        "--password-stdin",
+        "-u",
+        "alice",
+        auth_registry.host,
+        input=b"s3cret\n",
+        check=False,
+    )
     assert proc.returncode == 1 and "mutually exclusive" in proc.stderr.decode()
     proc = strata(root, "login", "-u", "alice", "-p", "s3cret", auth_registry.host)
     assert "Login Succeeded" in proc.stdout.decode()
@@ -99,8 +113,9 @@ json.dump(data, open(db, "w"))
 """
 
 
-def test_credential_helper(auth_registry: RegistryInfo, root: Path, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_credential_helper(
+    auth_registry: RegistryInfo, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     helper = bindir / "docker-credential-fake"

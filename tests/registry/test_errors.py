@@ -68,8 +68,9 @@ def corrupt_tiny_layer(registry: RegistryInfo) -> Iterator[str]:
         path.write_bytes(original)
 
 
-def test_registry_sending_wrong_bytes_keeps_nothing(registry: RegistryInfo, root: Path,
-                                                    corrupt_tiny_layer: str) -> None:
+def test_registry_sending_wrong_bytes_keeps_nothing(
+    registry: RegistryInfo, root: Path, corrupt_tiny_layer: str
+) -> None:
     err = fails(root, "pull", f"{registry.host}/tiny")
     assert err.startswith(f"Error: blob {corrupt_tiny_layer} from {registry.host}/tiny: digest mismatch")
     assert not list((root / "tmp").iterdir())

@@ -78,8 +78,10 @@ def test_pull_by_digest_sets_no_tag(registry: RegistryInfo, root: Path) -> None:
     proc = strata(root, "pull", f"{registry.host}/layered@{digest}")
     lines = out_lines(proc)
     assert lines[0] == f"{digest}: Pulling from layered"
-    assert lines[-2:] == [f"Status: Downloaded newer image for {registry.host}/layered@{digest}",
-                          f"{registry.host}/layered@{digest}"]
+    assert lines[-2:] == [
+        f"Status: Downloaded newer image for {registry.host}/layered@{digest}",
+        f"{registry.host}/layered@{digest}",
+    ]
     store = Store(root)
     assert store.images.tags() == {}
     assert store.resolve(f"{registry.host}/layered@{digest}").manifest == digest
@@ -93,8 +95,9 @@ def test_second_pull_is_up_to_date_and_fetches_no_blob(registry: RegistryInfo, r
     before = snapshot(root)
     proc = strata(root, "pull", f"{registry.host}/layered")
     lines = out_lines(proc)
-    assert lines[1:6] == [f"{x}: Already exists" for x in
-                          ["7aff05d01dd1", "89d73a2a4328", "ae493c6dedf2", "b76f1fb6646f", "4f35a5ab078c"]]
+    assert lines[1:6] == [
+        f"{x}: Already exists" for x in ["7aff05d01dd1", "89d73a2a4328", "ae493c6dedf2", "b76f1fb6646f", "4f35a5ab078c"]
+    ]
     assert lines[-2] == f"Status: Image is up to date for {registry.host}/layered:latest"
     requests = registry.requests_since(mark)
     assert any("/manifests/latest" in r for r in requests)
@@ -103,8 +106,7 @@ def test_second_pull_is_up_to_date_and_fetches_no_blob(registry: RegistryInfo, r
     assert set(after) == set(before)
 
 
-def test_other_compression_of_known_layers_fetches_only_manifest_and_config(registry: RegistryInfo,
-                                                                            root: Path) -> None:
+def test_other_compression_of_known_layers_fetches_only_manifest_and_config(registry: RegistryInfo, root: Path) -> None:
     strata(root, "pull", f"{registry.host}/layered:latest")
     mark = registry.log_mark()
     proc = strata(root, "pull", f"{registry.host}/layered:zstd")
@@ -132,8 +134,9 @@ def test_interrupted_pull_resumes_without_refetching_finished_blobs(registry: Re
     [(None, "amd64"), ("linux/amd64", "amd64"), ("linux/arm64/v8", "arm64"), ("linux/arm64", "arm64")],
 )
 @pytest.mark.parametrize("tag", ["latest", "docker"])
-def test_pull_multiarch(registry: RegistryInfo, root: Path, tmp_path: Path, platform: str | None, arch: str,
-                        tag: str) -> None:
+def test_pull_multiarch(
+    registry: RegistryInfo, root: Path, tmp_path: Path, platform: str | None, arch: str, tag: str
+) -> None:
     import platform as host_platform
 
     if platform is None and host_platform.machine() not in ("x86_64", "amd64"):
@@ -152,8 +155,10 @@ def test_platform_not_in_index_lists_the_available_ones(registry: RegistryInfo, 
         proc = strata(root, "pull", "--platform", "linux/s390x", f"{registry.host}/multiarch:{tag}", check=False)
         assert proc.returncode != 0
         err = proc.stderr.decode().strip()
-        assert err == ("Error: no matching manifest for linux/s390x in the manifest list entries "
-                       "(available: linux/amd64, linux/arm64/v8)")
+        assert err == (
+            "Error: no matching manifest for linux/s390x in the manifest list entries "
+            "(available: linux/amd64, linux/arm64/v8)"
+        )
     assert Store(root).images.all() == []
 
 

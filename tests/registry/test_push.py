@@ -23,14 +23,26 @@ from .conftest import RegistryInfo
 
 
 def skopeo_inspect(ref: str) -> bytes:
-    return subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-                          check=True, capture_output=True).stdout
+    return subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"], check=True, capture_output=True
+    ).stdout
 
 
 def skopeo_copy_to_oci(ref: str, dest: Path) -> dict:
     """Copy with skopeo into an OCI layout; return the manifest skopeo wrote (same digests kept)."""
-    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--preserve-digests",
-                    f"docker://{ref}", f"oci:{dest}:x"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+            f"docker://{ref}",
+            f"oci:{dest}:x",
+        ],
+        check=True,
+        capture_output=True,
+    )
     index = json.loads((dest / "index.json").read_text())
     digest = index["manifests"][0]["digest"]
     return {"digest": digest, **json.loads((dest / "blobs/sha256" / digest.split(":")[1]).read_text())}
@@ -50,14 +62,17 @@ def make_image(store: Store, name: str, big: int = 3 << 20) -> str:
         refs.append(store.ingest_layer(io.BytesIO(blob), parent, None, mt.OCI_LAYER_GZIP))
         parent = chain_ids([x.diff_id for x in refs])[-1]
     config = {
-        "architecture": "amd64", "os": "linux", "config": {},
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
         "rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in refs]},
     }
     return store.add_image(json.dumps(config).encode(), refs, tags=[reference.parse(name)]).id
 
 
-def test_push_new_image_then_skopeo_and_strata_see_identical_digests(registry: RegistryInfo, root: Path,
-                                                                     tmp_path: Path) -> None:
+def test_push_new_image_then_skopeo_and_strata_see_identical_digests(
+    registry: RegistryInfo, root: Path, tmp_path: Path
+) -> None:
     name = f"{registry.host}/fresh/app:v1"
     store = Store(root)
     image_id = make_image(store, name)
@@ -114,8 +129,19 @@ def test_push_mounts_blobs_known_in_another_repository(registry: RegistryInfo, r
 def test_skopeo_pushed_image_pulls_with_same_digests(registry: RegistryInfo, root: Path) -> None:
     assert registry.work is not None
     dest = f"{registry.host}/skopeo/layered:copy"
-    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests",
-                    f"oci:{registry.work / 'oci/layered'}:zstd", f"docker://{dest}"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+            f"oci:{registry.work / 'oci/layered'}:zstd",
+            f"docker://{dest}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     strata(root, "pull", dest)
     rec = Store(root).resolve(dest)
     assert rec.manifest == registry.digests["layered:zstd"]
