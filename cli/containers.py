@@ -102,8 +102,7 @@ def _split_dirs(text: str) -> list[Path]:
 
 
 @click.command("mount")
-@click.argument("target", required=False)
-@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("args", nargs=-1, required=True, metavar="[CONTAINER|IMAGE] MOUNTPOINT")
 @click.option("--read-write", is_flag=True, help="Mount an image writable, through a throwaway container.")
 @click.option("--lower", help="Mount plain layer directories L1:L2:… (topmost first) instead of an image.")
 @click.option("--upper", type=click.Path(path_type=Path), help="With --lower: the writable upper directory.")
@@ -114,8 +113,7 @@ def _split_dirs(text: str) -> list[Path]:
 @click.option("--debug", is_flag=True, help="Log every request (implies --foreground).")
 @user_errors
 def mount(
-    target: str | None,
-    mountpoint: Path,
+    args: tuple[str, ...],
     read_write: bool,
     lower: str | None,
     upper: Path | None,
@@ -126,6 +124,9 @@ def mount(
     debug: bool,
 ) -> None:
     """Mount a container or an image (read-only) at MOUNTPOINT; returns once the mount answers."""
+    if len(args) > 2:
+        fail("too many arguments: expected [CONTAINER|IMAGE] MOUNTPOINT")
+    target, mountpoint = (args[0] if len(args) == 2 else None), Path(args[-1])
     foreground = foreground or debug
     if lower is not None:
         if target is not None:

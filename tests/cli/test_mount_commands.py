@@ -1,0 +1,123 @@
+"""create / ps / mount / umount / rm as a user runs them, with real FUSE mounts."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from store.store import Store
+from tests.helpers import strata
+
+
+@pytest.fixture
+def image(root: Path, image_layouts: Path) -> str:
+    strata(root, "load", "-i", str(image_layouts / "oci/layered"))
+    strata(root, "tag", Store(root).images.all()[0].id, "layered:latest")
+    return "layered:latest"
+
+
+@pytest.fixture
+def mnt(tmp_path: Path) -> Iterator[Path]:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    yield mp
+    subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+    subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+
+
+def is_mounted(mp: Path) -> bool:
+    return any(line.split()[1] == str(mp) for line in Path("/proc/mounts").read_text().splitlines())
+
+
+def test_image_mounts_read_only(root: Path, image: str, mnt: Path) -> None:
+    strata(root, "mount", image, str(mnt))
+    assert is_mounted(mnt)
+    assert (mnt / "etc/hostname").read_text() == "layered-v5\n"
+    with pytest.raises(OSError) as e:
+        (mnt / "etc/new").write_text("x")
+    assert e.value.errno == errno.EROFS
+    strata(root, "umount", str(mnt))
+    assert not is_mounted(mnt)
+
+
+def test_read_write_image_mount_uses_a_throwaway_container(root: Path, image: str, mnt: Path) -> None:
+    strata(root, "mount", "--read-write", image, str(mnt))
+    (mnt / "etc/new").write_text("x")
+    ps = strata(root, "ps", "--format", "{{.Names}} {{.Mounted}}").stdout.decode().split()
+    assert ps[1] == str(mnt)
+    strata(root, "umount", str(mnt))
+    assert Store(root).containers.all() == []
+
+
+def test_container_lifecycle_and_mounted_rm(root: Path, image: str, mnt: Path) -> None:
+    cid = strata(root, "create", "--name", "web", image).stdout.decode().strip()
+    assert len(cid) == 64
+    assert strata(root, "ps", "-q").stdout.decode() == ""
+    assert strata(root, "ps", "-a", "-q").stdout.decode().strip() == cid[:12]
+    strata(root, "mount", "web", str(mnt))
+    (mnt / "data/keep.txt").write_text("changed\n")
+    proc = strata(root, "mount", "web", str(mnt), check=False)
+    assert proc.returncode == 1 and "already mounted" in proc.stderr.decode()
+    proc = strata(root, "rm", "web", check=False)
+    assert proc.returncode == 1 and "mounted" in proc.stderr.decode()
+    strata(root, "umount", "web")
+    strata(root, "mount", cid[:8], str(mnt))  # remount by ID prefix: the change is still there
+    assert (mnt / "data/keep.txt").read_text() == "changed\n"
+    strata(root, "rm", "-f", "web")
+    assert not is_mounted(mnt) and Store(root).containers.all() == []
+
+
+def test_dead_server_is_reported_and_cleaned(root: Path, image: str, mnt: Path) -> None:
+    strata(root, "create", "--name", "victim", image)
+    strata(root, "mount", "victim", str(mnt))
+    pid = Store(root).containers.find("victim").mount_pid
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    assert "dead" in strata(root, "ps", "--format", "{{.Mounted}}").stdout.decode()
+    proc = strata(root, "umount", "victim")
+    assert "died" in proc.stderr.decode()
+    assert not is_mounted(mnt)
+
+
+def test_foreground_mount_unmounts_on_sigterm(root: Path, image: str, mnt: Path) -> None:
+    strata(root, "create", "--name", "fg", image)
+    proc = subprocess.Popen(
+        [str(Path(".venv/bin/strata").resolve()), "--root", str(root), "mount", "-f", "fg", str(mnt)]
+    )
+    try:
+        for _ in range(200):
+            if is_mounted(mnt) and (mnt / "etc").exists():
+                break
+            time.sleep(0.05)
+        assert (mnt / "etc/hostname").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert not is_mounted(mnt)
+        assert Store(root).containers.find("fg").mountpoint is None
+    finally:
+        proc.kill()
+
+
+def test_bad_mount_input(root: Path, image: str, tmp_path: Path) -> None:
+    for args, needle in [
+        (["mount", "nosuch", str(tmp_path)], "No such image"),
+        (["mount", image, str(tmp_path / "missing")], "missing"),
+        (["mount", "--lower", str(tmp_path / "nolower"), str(tmp_path)], "nolower"),
+        (["umount", str(tmp_path)], "not mounted"),
+    ]:
+        proc = strata(root, *args, check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode != 0 and needle in err and "Traceback" not in err, (args, err)
