@@ -204,6 +204,10 @@ async def pull_one(
     chains = chain_ids(diff_ids)
     missing = [not store.layers.has(c) for c in chains]
     ready: dict[str, trio.Event] = {}
+    unpacked = [trio.Event() for _ in layer_descs]
+    for i, is_missing in enumerate(missing):
+        if not is_missing:
+            unpacked[i].set()
     async with trio.open_nursery() as nursery:
         limiter = trio.CapacityLimiter(max(1, reg.options.max_connections))
 
@@ -211,6 +215,16 @@ async def pull_one(
             async with limiter:
                 await _download(reg, repo, desc, store, reporter, stats)
             ev.set()
+
+        async def unpack(i: int, d: str) -> None:
+            # In layer order: unpacking consults the layers below (metadata of implicit parents).
+            await ready[d].wait()
+            if i:
+                await unpacked[i - 1].wait()
+            reporter.layer(short(d), "Extracting")
+            parent = chains[i - 1] if i else None
+            await trio.to_thread.run_sync(_unpack, store, d, parent, diff_ids[i], f"layer {d}")
+            unpacked[i].set()
 
         for i, desc in enumerate(layer_descs):
             d = desc["digest"]
@@ -222,14 +236,14 @@ async def pull_one(
                     reporter.layer(short(d), "Pulling fs layer", 0, int(desc["size"]))
                     nursery.start_soon(fetch, desc, ready[d])
         for i, desc in enumerate(layer_descs):
+            if missing[i]:
+                nursery.start_soon(unpack, i, desc["digest"])
+        for i, desc in enumerate(layer_descs):  # report in layer order, as Docker does
             d = desc["digest"]
             if not missing[i]:
                 reporter.layer(short(d), "Already exists")
                 continue
-            await ready[d].wait()
-            reporter.layer(short(d), "Extracting")
-            parent = chains[i - 1] if i else None
-            await trio.to_thread.run_sync(_unpack, store, d, parent, diff_ids[i], f"layer {d}")
+            await unpacked[i].wait()
             reporter.layer(short(d), "Pull complete")
     layers = [LayerRef(x["digest"], x.get("mediaType", mt.OCI_LAYER_GZIP), int(x["size"]), diff_ids[i])
               for i, x in enumerate(layer_descs)]
