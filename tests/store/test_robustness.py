@@ -1,0 +1,62 @@
+"""Two strata processes at once, and a process killed mid-write: the store stays consistent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from store.store import Store
+from tests.helpers import REPO, dump_tree, strata
+
+
+def _big_tarball(tmp_path: Path) -> Path:
+    src = tmp_path / "big"
+    src.mkdir()
+    with open(src / "random.bin", "wb") as f:
+        for _ in range(24):
+            f.write(os.urandom(4 << 20))
+    out = tmp_path / "big.tar"
+    subprocess.run(["tar", "-cf", str(out), "-C", str(src), "."], check=True)
+    return out
+
+
+def test_concurrent_loads_of_the_same_image(root: Path, image_layouts: Path, tmp_path: Path) -> None:
+    cmd = [str(REPO / ".venv/bin/strata"), "--root", str(root), "load", "-i", str(image_layouts / "oci/layered")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    s = Store(root)
+    (record,) = s.images.all()
+    assert len(s.layers.all()) == len(record.layers)
+    single = tmp_path / "single"
+    strata(single, "load", "-i", str(image_layouts / "oci/layered"))
+    t = Store(single)
+    for a, b in zip(s.chain(record), t.chain(t.images.all()[0]), strict=True):
+        assert dump_tree(s.layers.path(a)) == dump_tree(t.layers.path(b))
+
+
+def test_killed_import_leaves_nothing_visible(root: Path, tmp_path: Path) -> None:
+    tarball = _big_tarball(tmp_path)
+    strata(root, "images")  # the store exists
+    for delay in (0.3, 0.5):
+        proc = subprocess.Popen([str(REPO / ".venv/bin/strata"), "--root", str(root), "import", str(tarball), "big:1"])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        s = Store(root)
+        if s.images.all():  # it finished before the kill: then it is complete
+            (record,) = s.images.all()
+            assert (s.layers.path(s.chain(record)[0]) / "random.bin").stat().st_size == 96 << 20
+            return
+        assert s.layers.all() == [] and s.blobs.all() == []
+        assert strata(root, "images", "-q").stdout == b""
+    out = strata(root, "image", "prune", "-f").stdout.decode()
+    assert out.strip() == "Total reclaimed space: 0B"
+    assert list(Store(root).blobs.tmp.iterdir()) == []  # leftovers of the dead writers are gone
+    strata(root, "import", str(tarball), "big:1")
+    s = Store(root)
+    assert (s.layers.path(s.chain(s.resolve("big:1"))[0]) / "random.bin").stat().st_size == 96 << 20
