@@ -85,6 +85,7 @@ class Store:
         self.containers = ContainerIndex(self.root, self.blobs.tmp)
         self.index_dir = self.root / "index"
         self.index_dir.mkdir(exist_ok=True)
+        self._lease: BinaryIO | None = None
 
     # -- locking ---------------------------------------------------------------------------------
     @contextmanager
@@ -95,6 +96,35 @@ class Store:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _hold_ingest_lease(self) -> None:
+        """Keep unreferenced-but-new layers and blobs from garbage collection while this Store adds them.
+
+        A process that ingests holds a shared flock on `gc.lock` from its first ingest until the
+        Store is dropped; collection runs only when it can take that lock exclusively, so another
+        process's `rmi` never deletes the layers of an image this one is still recording.
+        """
+        if self._lease is None:
+            self._lease = open(self.root / "gc.lock", "a+b")
+            fcntl.flock(self._lease.fileno(), fcntl.LOCK_SH)
+
+    @contextmanager
+    def _gc_allowed(self) -> Iterator[bool]:
+        fd = self._lease.fileno() if self._lease is not None else None
+        own = open(self.root / "gc.lock", "a+b") if fd is None else None
+        target = fd if fd is not None else own.fileno()  # type: ignore[union-attr]
+        try:
+            fcntl.flock(target, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            try:
+                yield True
+            finally:
+                fcntl.flock(target, fcntl.LOCK_SH if own is None else fcntl.LOCK_UN)
+        finally:
+            if own is not None:
+                own.close()
 
     # -- reading ---------------------------------------------------------------------------------
     def config(self, image: ImageRecord) -> dict:
@@ -174,6 +204,7 @@ class Store:
         """
         if mt.is_foreign(media_type):
             raise InvalidInput(f"{what}: foreign (non-distributable) layers are not supported ({media_type})")
+        self._hold_ingest_lease()
         with self.blobs.writer(expected_digest, what) as w:
             tee = _Tee(stream, w)
             chain = None
@@ -294,7 +325,16 @@ class Store:
         return events
 
     def _collect(self) -> tuple[list[str], int]:
-        """Delete layers and blobs no image needs any more; return deleted chain IDs and bytes freed."""
+        """Delete layers and blobs no image needs any more; return deleted chain IDs and bytes freed.
+
+        Skipped (left for a later rmi or prune) while another process is ingesting.
+        """
+        with self._gc_allowed() as allowed:
+            if not allowed:
+                return [], 0
+            return self._sweep()
+
+    def _sweep(self) -> tuple[list[str], int]:
         records = self.images.all()
         live_chains = {c for r in records for c in self.chain(r)}
         live_blobs = {b for r in records for b in r.blobs}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -60,3 +63,24 @@ def test_killed_import_leaves_nothing_visible(root: Path, tmp_path: Path) -> Non
     strata(root, "import", str(tarball), "big:1")
     s = Store(root)
     assert (s.layers.path(s.chain(s.resolve("big:1"))[0]) / "random.bin").stat().st_size == 96 << 20
+
+
+def test_rmi_in_another_process_spares_layers_still_being_recorded(root: Path, image_layouts: Path) -> None:
+    strata(root, "load", "-i", str(image_layouts / "oci/tiny"))
+    tiny = Store(root).images.all()[0].id
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        t.addfile(info, io.BytesIO(b"hi"))
+    loader = Store(root)  # an ingest in progress: layer stored, image not recorded yet
+    layer = loader.ingest_layer(io.BytesIO(buf.getvalue()), None, None, "application/vnd.oci.image.layer.v1.tar")
+    out = strata(root, "rmi", tiny).stdout.decode()
+    assert f"Deleted: {tiny}" in out
+    assert loader.layers.has(layer.diff_id) and loader.blobs.has(layer.digest)
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}}
+    record = loader.add_image(json.dumps(config).encode(), [layer])
+    del loader
+    assert Store(root).images.has(record.id)
+    strata(root, "rmi", record.id)  # nobody ingesting now: everything goes
+    assert Store(root).layers.all() == [] and Store(root).blobs.all() == []
