@@ -1,6 +1,7 @@
 """Pull benchmark: `strata pull` into an empty store vs `skopeo copy` + `umoci unpack`, in one run.
 
     python -m bench.pull [--registry HOST:PORT] [--image REPO:TAG] [--files N] [--big-mib M] [--runs R]
+                         [--throttle MBPS]
 
 Without `--registry` it starts a throwaway docker-registry with the shared scripts
 (`$STRATA_SHARED`, default `../shared` next to the repository). Without `--image` it generates
@@ -19,6 +20,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -86,22 +88,27 @@ def _timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def bench(ref: str, runs: int, work: Path) -> tuple[float, float]:
-    """Best-of-`runs` wall time of strata pull and of skopeo copy + umoci unpack."""
-    strata_times, skopeo_times = [], []
+def bench(ref: str, runs: int, work: Path) -> dict[str, float]:
+    """Best-of-`runs` wall times: strata pull (streaming and file-first) and skopeo copy + umoci unpack."""
+    times: dict[str, list[float]] = {"strata": [], "strata-file-first": [], "skopeo+umoci": []}
     for i in range(runs):
-        root = work / f"strata-{i}"
-        strata_times.append(_timed([str(STRATA), "--root", str(root), "pull", "-q", ref]))
-        shutil.rmtree(root, ignore_errors=True)
+        for label, stream in (("strata", "1"), ("strata-file-first", "0")):
+            root = work / f"strata-{i}"
+            env = {**os.environ, "STRATA_PULL_STREAM": stream}
+            start = time.perf_counter()
+            subprocess.run([str(STRATA), "--root", str(root), "pull", "-q", ref], check=True, capture_output=True,
+                           env=env)
+            times[label].append(time.perf_counter() - start)
+            shutil.rmtree(root, ignore_errors=True)
         oci, bundle = work / f"oci-{i}", work / f"bundle-{i}"
         start = time.perf_counter()
         subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{ref}", f"oci:{oci}:x"],
                        check=True, capture_output=True)
         subprocess.run(["umoci", "unpack", "--image", f"{oci}:x", str(bundle)], check=True, capture_output=True)
-        skopeo_times.append(time.perf_counter() - start)
+        times["skopeo+umoci"].append(time.perf_counter() - start)
         shutil.rmtree(oci, ignore_errors=True)
         shutil.rmtree(bundle, ignore_errors=True)
-    return min(strata_times), min(skopeo_times)
+    return {k: min(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -111,6 +118,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=4000, help="small files in the generated base layer")
     ap.add_argument("--big-mib", type=int, default=48, help="size of the big incompressible file")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--throttle", type=float, default=0, help="serve through a proxy at this many MB/s")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="strata-bench-pull-"))
     state = work / "registry"
@@ -124,11 +132,22 @@ def main() -> None:
             started, registry = True, f"127.0.0.1:{port}"
         ref = f"{registry}/{args.image}" if args.image else make_image(
             registry, "bench/generated:latest", args.files, args.big_mib, work)
-        t_strata, t_skopeo = bench(ref, args.runs, work)
-        print(f"image: {ref}")
-        print(f"strata pull:                 {t_strata:.3f} s (best of {args.runs})")
-        print(f"skopeo copy + umoci unpack:  {t_skopeo:.3f} s (best of {args.runs})")
-        print(f"ratio strata / (skopeo+umoci): {t_strata / t_skopeo:.2f}")
+        proxy = None
+        if args.throttle:
+            sys.path.insert(0, str(REPO))
+            from tests.registry.faultproxy import FaultProxy
+
+            proxy = FaultProxy(registry, rate=args.throttle * 1e6)
+            ref = ref.replace(registry, proxy.start(), 1)
+        try:
+            t = bench(ref, args.runs, work)
+        finally:
+            if proxy:
+                proxy.stop()
+        print(f"image: {ref}" + (f" (throttled to {args.throttle} MB/s per response)" if args.throttle else ""))
+        for label, value in t.items():
+            print(f"{label + ':':28} {value:.3f} s (best of {args.runs})")
+        print(f"ratio strata / (skopeo+umoci): {t['strata'] / t['skopeo+umoci']:.2f}")
     finally:
         if started:
             subprocess.run(["bash", str(SHARED / "registry" / "stop-registry.sh"), str(state)], capture_output=True)

@@ -11,7 +11,9 @@ fetched nor unpacked.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import httpx
@@ -36,6 +38,7 @@ LAYER_TYPES = {mt.OCI_LAYER, mt.OCI_LAYER_GZIP, mt.OCI_LAYER_ZSTD, mt.DOCKER_LAY
 CONFIG_TYPES = {mt.OCI_CONFIG, mt.DOCKER_CONFIG}
 MAX_CONFIG = 16 << 20
 WRITE_BATCH = 1 << 20
+STREAM = os.environ.get("STRATA_PULL_STREAM", "1") != "0"  # unpack a layer while it downloads
 
 
 @dataclass
@@ -150,6 +153,105 @@ async def _fetch_config(reg: Registry, repo: str, desc: dict, store: Store, stat
     return data
 
 
+class _Broken(Exception):
+    """The download feeding a streamed unpack broke off (the caller falls back to a file)."""
+
+
+class _ChannelReader:
+    """A file-like object a worker thread reads, fed chunk by chunk by a trio task.
+
+    The bytes are hashed on the way; the end of the stream is only reported once the blob's
+    digest and size are verified, so a layer unpacked from it is never committed from bad data.
+    """
+
+    def __init__(self, recv: trio.MemoryReceiveChannel, digest: str, size: int, what: str) -> None:
+        self._recv = recv
+        self._digest, self._size, self._what = digest, size, what
+        self._buf = bytearray()
+        self._hash = hashlib.sha256()
+        self._total = 0
+        self._eof = False
+
+    def _more(self) -> None:
+        try:
+            item = trio.from_thread.run(self._recv.receive)
+        except trio.EndOfChannel:
+            raise _Broken("download ended early") from None
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            dg.check("sha256:" + self._hash.hexdigest(), self._digest, self._what)
+            if self._total != self._size:
+                raise DigestMismatch(f"{self._what}: size mismatch (expected {self._size} bytes, got {self._total})")
+            self._eof = True
+            return
+        self._hash.update(item)
+        self._total += len(item)
+        if self._total > self._size:
+            raise DigestMismatch(f"{self._what}: registry sent more than the {self._size} bytes announced")
+        self._buf += item
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._buf) < n):
+            self._more()
+        if n < 0:
+            n = len(self._buf)
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+async def _stream_layer(
+    reg: Registry, repo: str, desc: dict, store: Store, parent: str | None, diff_id: str,
+    reporter: Reporter, stats: _Stats,
+) -> bool:
+    """Download a layer and unpack it in the same pass (`Store.ingest_layer` in a worker thread).
+
+    Returns False, keeping nothing, when the connection broke (the caller retries another way).
+    """
+    digest, size, media_type = desc["digest"], int(desc["size"]), desc.get("mediaType", mt.OCI_LAYER_GZIP)
+    sid = short(digest)
+    what = f"blob {digest} from {reg.host}/{repo}"
+    send, recv = trio.open_memory_channel[object](16)
+    reader = _ChannelReader(recv, digest, size, what)
+    broken = False
+
+    async def consume() -> None:
+        nonlocal broken
+        try:
+            await trio.to_thread.run_sync(store.ingest_layer, reader, parent, diff_id, media_type, digest, what)
+        except _Broken:
+            broken = True
+        finally:
+            recv.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        try:
+            async with reg.blob(repo, digest) as resp:
+                reporter.layer(sid, "Downloading", 0, size)
+                done = 0
+                async for chunk in resp.aiter_raw():
+                    await send.send(chunk)
+                    done += len(chunk)
+                    reporter.layer(sid, "Downloading", done, size)
+            await send.send(None)
+        except trio.BrokenResourceError:
+            pass  # the unpacker stopped: its own error is what the nursery raises
+        except httpx.TransportError:
+            broken = True
+        finally:
+            send.close()
+    if broken:
+        return False
+    stats.blobs += 1
+    stats.bytes += size
+    return True
+
+
 def _unpack(store: Store, digest: str, parent: str | None, diff_id: str, what: str) -> None:
     with store.blobs.open(digest) as f:
         store.layers.unpack(f, parent, diff_id, what)
@@ -211,8 +313,18 @@ async def pull_one(
     async with trio.open_nursery() as nursery:
         limiter = trio.CapacityLimiter(max(1, reg.options.max_connections))
 
-        async def fetch(desc: dict, ev: trio.Event) -> None:
+        streamed: set[int] = set()
+
+        async def fetch(i: int, desc: dict, ev: trio.Event) -> None:
             async with limiter:
+                # The unpacker is waiting for exactly this layer: unpack it while it downloads.
+                if STREAM and (i == 0 or unpacked[i - 1].is_set()):
+                    parent = chains[i - 1] if i else None
+                    if await _stream_layer(reg, repo, desc, store, parent, diff_ids[i], reporter, stats):
+                        streamed.add(i)
+                        ev.set()
+                        unpacked[i].set()
+                        return
                 await _download(reg, repo, desc, store, reporter, stats)
             ev.set()
 
@@ -221,6 +333,8 @@ async def pull_one(
             await ready[d].wait()
             if i:
                 await unpacked[i - 1].wait()
+            if i in streamed:
+                return
             reporter.layer(short(d), "Extracting")
             parent = chains[i - 1] if i else None
             await trio.to_thread.run_sync(_unpack, store, d, parent, diff_ids[i], f"layer {d}")
@@ -234,7 +348,7 @@ async def pull_one(
                     ready[d].set()
                 else:
                     reporter.layer(short(d), "Pulling fs layer", 0, int(desc["size"]))
-                    nursery.start_soon(fetch, desc, ready[d])
+                    nursery.start_soon(fetch, i, desc, ready[d])
         for i, desc in enumerate(layer_descs):
             if missing[i]:
                 nursery.start_soon(unpack, i, desc["digest"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -28,6 +29,7 @@ class FaultProxy:
     upstream: str  # host:port
     faults: list[Fault] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    rate: float = 0.0  # bytes per second per response body (0: unthrottled)
 
     def start(self) -> str:
         proxy = self
@@ -61,8 +63,13 @@ class FaultProxy:
                         self.wfile.write(payload)
                         return
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length",)}
-                conn.request(self.command, self.path, body=body if body or length else None, headers=headers)
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for k, v in self.headers.items():  # repeated headers (Accept) stay repeated
+                    if k.lower() != "content-length":
+                        conn.putheader(k, v)
+                if body or length or self.command in ("PUT", "POST", "PATCH"):
+                    conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body)
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status, resp.reason)
@@ -78,7 +85,12 @@ class FaultProxy:
                     self.close_connection = True
                     return
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    if proxy.rate:
+                        for off in range(0, len(data), 65536):
+                            self.wfile.write(data[off : off + 65536])
+                            time.sleep(min(65536, len(data) - off) / proxy.rate)
+                    else:
+                        self.wfile.write(data)
                 conn.close()
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle

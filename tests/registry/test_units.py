@@ -9,18 +9,28 @@ from store.registry import auth, platform
 from store.registry.client import Registry, insecure_registries, is_loopback
 from store.registry.errors import NotFoundError
 
-INDEX = {"manifests": [
-    {"digest": "sha256:" + "a" * 64, "platform": {"os": "linux", "architecture": "amd64"}},
-    {"digest": "sha256:" + "b" * 64, "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
-    {"digest": "sha256:" + "c" * 64, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-    {"digest": "sha256:" + "d" * 64, "platform": {"os": "unknown", "architecture": "unknown"}},
-]}
+INDEX = {
+    "manifests": [
+        {"digest": "sha256:" + "a" * 64, "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "sha256:" + "b" * 64, "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+        {"digest": "sha256:" + "c" * 64, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        {"digest": "sha256:" + "d" * 64, "platform": {"os": "unknown", "architecture": "unknown"}},
+    ]
+}
 
 
-@pytest.mark.parametrize("text,letter", [
-    ("linux/amd64", "a"), ("linux/x86_64", "a"), ("linux/arm/v7", "b"), ("linux/arm64", "c"),
-    ("linux/aarch64", "c"), ("linux/arm64/v8", "c"), ("LINUX/AMD64", "a"),
-])
+@pytest.mark.parametrize(
+    "text,letter",
+    [
+        ("linux/amd64", "a"),
+        ("linux/x86_64", "a"),
+        ("linux/arm/v7", "b"),
+        ("linux/arm64", "c"),
+        ("linux/aarch64", "c"),
+        ("linux/arm64/v8", "c"),
+        ("LINUX/AMD64", "a"),
+    ],
+)
 def test_platform_select(text: str, letter: str) -> None:
     assert platform.select(INDEX, platform.parse(text))["digest"] == "sha256:" + letter * 64
 
@@ -36,10 +46,14 @@ def test_platform_errors() -> None:
 def test_parse_challenges() -> None:
     [ch] = auth.parse_challenges(
         'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-        'scope="repository:samalba/my-app:pull,push"')
+        'scope="repository:samalba/my-app:pull,push"'
+    )
     assert ch.scheme == "bearer"
-    assert ch.params == {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
-                         "scope": "repository:samalba/my-app:pull,push"}
+    assert ch.params == {
+        "realm": "https://auth.docker.io/token",
+        "service": "registry.docker.io",
+        "scope": "repository:samalba/my-app:pull,push",
+    }
     basic, bearer = auth.parse_challenges('Basic realm="test-registry", Bearer realm=x,service=""')
     assert (basic.scheme, basic.params) == ("basic", {"realm": "test-registry"})
     assert (bearer.scheme, bearer.params) == ("bearer", {"realm": "x", "service": ""})

@@ -37,18 +37,40 @@ class TokenServer:
     def __post_init__(self) -> None:
         self.key = self.workdir / "key.pem"
         self.cert = self.workdir / "cert.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
-                        "-out", str(self.cert), "-days", "2", "-subj", "/CN=strata-test-token-issuer"],
-                       check=True, capture_output=True)
-        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
-                             check=True, capture_output=True).stdout
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(self.key),
+                "-out",
+                str(self.cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=strata-test-token-issuer",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        der = subprocess.run(
+            ["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], check=True, capture_output=True
+        ).stdout
         self.x5c = base64.b64encode(der).decode()
 
     def sign(self, claims: dict) -> str:
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
         signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
-        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signing_input.encode(),
-                             check=True, capture_output=True).stdout
+        sig = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
+        ).stdout
         return f"{signing_input}.{b64url(sig)}"
 
     def token(self, user: str | None, scopes: list[str]) -> str:
@@ -61,8 +83,18 @@ class TokenServer:
             if kind == "repository" and granted:
                 access.append({"type": "repository", "name": name, "actions": granted})
         now = int(time.time())
-        return self.sign({"iss": ISSUER, "sub": user or "", "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
-                          "iat": now, "jti": f"{now}-{len(self.requests)}", "access": access})
+        return self.sign(
+            {
+                "iss": ISSUER,
+                "sub": user or "",
+                "aud": SERVICE,
+                "exp": now + 300,
+                "nbf": now - 10,
+                "iat": now,
+                "jti": f"{now}-{len(self.requests)}",
+                "access": access,
+            }
+        )
 
     def start(self) -> str:
         server = self
