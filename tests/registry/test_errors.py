@@ -16,15 +16,20 @@ from .conftest import RegistryInfo
 from .faultproxy import Fault, FaultProxy
 
 
+def state(root: Path) -> dict:
+    """The store's content (lock files, which any operation may create, left out)."""
+    return {k: v for k, v in snapshot(root).items() if not k.endswith("lock")}
+
+
 def fails(root: Path, *args: str) -> str:
     """Run strata expecting a clean failure; return the one-line error."""
     Store(root)
-    before = snapshot(root)
+    before = state(root)
     proc = strata(root, *args, check=False)
     err = proc.stderr.decode()
     assert proc.returncode == 1, (proc.returncode, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert snapshot(root) == before
+    assert state(root) == before
     return err.strip()
 
 
