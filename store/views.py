@@ -71,7 +71,7 @@ def image_rows(
             for name, tag in names:
                 repo_name = reference.parse(name).familiar_name if name != "<none>" else name
                 digest = digests.get(reference.parse(name).name, "<none>") if name != "<none>" else "<none>"
-                rows.append(ImageRow(r.id, repo_name, tag, digest, created, size, labels, True))
+                rows.append(ImageRow(r.id, repo_name, tag, digest, created, size, labels, r.id not in parents))
         for ref in refs:
             rows.append(
                 ImageRow(

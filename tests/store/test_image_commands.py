@@ -167,3 +167,11 @@ def test_system_df_counts_shared_layers_once(loaded: Path) -> None:
     layers = s.layers.all()
     assert out[3].split()[:2] == ["Layers", str(len(layers))]
     assert "Images space usage:" in strata(loaded, "system", "df", "-v").stdout.decode()
+
+
+def test_prune_all_with_a_label_filter_keeps_what_does_not_match(loaded: Path) -> None:
+    s = Store(loaded)
+    tiny, layered = s.resolve("tiny").id, s.resolve("layered").id
+    out = strata(loaded, "image", "prune", "-a", "-f", "--filter", "label=stage=final").stdout.decode()
+    assert "untagged: layered:latest" in out and f"deleted: {layered}" in out
+    assert Store(loaded).images.has(tiny) and not Store(loaded).images.has(layered)
