@@ -277,35 +277,34 @@ def make(names: list[str]) -> list[Impl]:
 def unmount(h: Handle, timeout: float = 20.0) -> None:
     """Unmount *h* and make sure its server process is gone; never raises for an absent mount."""
     mp = str(h.mountpoint)
-    try:
-        if h.fuse and h.pid is None:
-            h.pid = find_server(h.mountpoint, IMPLS[h.impl].server_names if h.impl in IMPLS else ())
-        if _mounted(h.mountpoint):
-            cmds = [["fusermount3", "-u", mp]] if h.fuse else []
-            cmds += [["umount", mp], ["umount", "-l", mp]]
-            for cmd in cmds:
-                try:
-                    subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-                except (OSError, subprocess.TimeoutExpired):
-                    continue
-                if not _mounted(h.mountpoint):
-                    break
-        if h.pid is not None:
-            deadline = time.monotonic() + timeout
-            sig_sent = None
-            while _alive(h.pid):
-                now = time.monotonic()
-                if now > deadline and sig_sent != signal.SIGKILL:
-                    sig_sent = signal.SIGKILL
-                    _kill(h.pid, signal.SIGKILL)
-                elif now > deadline - timeout / 2 and sig_sent is None:
-                    sig_sent = signal.SIGTERM
-                    _kill(h.pid, signal.SIGTERM)
-                elif now > deadline + 5:
-                    break
-                time.sleep(0.005)
-    finally:
-        ACTIVE.pop(mp, None)
+    # no try/finally: an interrupted unmount stays in ACTIVE, for cleanup_all to finish
+    if h.fuse and h.pid is None:
+        h.pid = find_server(h.mountpoint, IMPLS[h.impl].server_names if h.impl in IMPLS else ())
+    if _mounted(h.mountpoint):
+        cmds = [["fusermount3", "-u", mp]] if h.fuse else []
+        cmds += [["umount", mp], ["umount", "-l", mp]]
+        for cmd in cmds:
+            try:
+                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if not _mounted(h.mountpoint):
+                break
+    if h.pid is not None:
+        deadline = time.monotonic() + timeout
+        sig_sent = None
+        while _alive(h.pid):
+            now = time.monotonic()
+            if now > deadline and sig_sent != signal.SIGKILL:
+                sig_sent = signal.SIGKILL
+                _kill(h.pid, signal.SIGKILL)
+            elif now > deadline - timeout / 2 and sig_sent is None:
+                sig_sent = signal.SIGTERM
+                _kill(h.pid, signal.SIGTERM)
+            elif now > deadline + 5:
+                break
+            time.sleep(0.005)
+    ACTIVE.pop(mp, None)
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -232,12 +232,15 @@ def generate(params: StackParams, root: Path, kernel: bool = True) -> Stack:
         w = _LayerWriter(root / "oci" / str(li))
         if li > 0:
             # opaque directories (applied first), then directory and file whiteouts
-            if deep_dirs and rng.random() < 0.05:
+            # every stack of >= 3 layers has at least one opaque dir and one directory whiteout
+            force_opq, force_dwh = L >= 3 and li == L // 2, L >= 3 and li == (2 * L) // 3
+            if deep_dirs and (rng.random() < 0.05 or force_opq):
                 d = rng.choice(deep_dirs)
                 w.opaque(d)
                 visible.remove_under(d)
-            if deep_dirs and rng.random() < 0.03:
-                d = rng.choice(deep_dirs)
+            if deep_dirs and (rng.random() < 0.03 or force_dwh):
+                alive = sorted({a for p in visible.items for a in _ancestors(p)} & set(deep_dirs))
+                d = rng.choice(alive) if force_dwh and alive else rng.choice(deep_dirs)
                 if d not in w.made_dirs and w.ok_parent(d) and any(_under(p, d) for p in visible.items):
                     w.whiteout(d)
                     visible.remove_under(d)

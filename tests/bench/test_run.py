@@ -1,0 +1,142 @@
+"""A tiny real run completes, writes the expected JSON and leaves nothing mounted or running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bench.report import METRICS
+from cli.main import cli
+
+from .conftest import leftovers, needs_root_fuse
+
+REPO = Path(__file__).resolve().parents[2]
+IMPLS = ["strata", "strata-noindex", "kernel-overlay", "fuse-overlayfs"]
+
+
+def _bench(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", *args],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def test_strata_bench_is_a_command() -> None:
+    r = CliRunner().invoke(cli, ["bench", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--quick", "--layers", "--files", "--impl", "--image", "--plot", "--no-latency-hold", "--seed"):
+        assert opt in r.output
+    r = CliRunner().invoke(cli, ["bench", "--layers", "x"])
+    assert r.exit_code == 2
+
+
+@needs_root_fuse
+def test_tiny_run_writes_json_and_leaves_nothing(tmp_path: Path) -> None:
+    ws, out, png = tmp_path / "ws", tmp_path / "r.json", tmp_path / "r.png"
+    p = _bench(
+        "--quick",
+        "--layers",
+        "1,4",
+        "--files",
+        "50",
+        "--files-sweep",
+        "50",
+        "--reps",
+        "1",
+        "--workdir",
+        str(ws),
+        "-o",
+        str(out),
+        "--plot",
+        str(png),
+    )
+    try:
+        log, _ = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, log
+    r = json.loads(out.read_text())
+    assert set(r) >= {"meta", "stacks", "runs", "summary"}
+    assert {"latency_hold", "mount_namespace", "impls", "config", "kernel"} <= set(r["meta"])
+    assert r["meta"]["latency_hold"]["held"] in (True, False)
+    assert [s["id"] for s in r["stacks"]] == ["L1-F50", "L4-F50"]
+    assert sorted((x["stack"], x["impl"]) for x in r["runs"]) == sorted(
+        (s, i) for s in ("L1-F50", "L4-F50") for i in IMPLS
+    )
+    for x in r["runs"]:
+        assert x["ok"], x
+        assert x["checks"]["walk_complete"], x
+        want = {
+            "mount_cold",
+            "mount_warm",
+            "walk_cold",
+            "walk_warm",
+            "lookup_dirs_first",
+            "lstat_files_first",
+            "lstat_missing_first",
+            "lookup_dirs_again",
+            "bigdir_list_first",
+            "read_large_cold",
+            "read_small_warm",
+        }
+        assert want <= set(x["metrics"]), x["impl"]
+        assert set(x["metrics"]) <= set(METRICS) | {"rss_after_mount"}
+        if x["impl"] == "strata":
+            assert "mount_index_build" in x["metrics"] and "peak_rss" in x["metrics"]
+    assert r["summary"]["L4-F50"]["kernel-overlay"]["ratio"]["walk_cold"] == 1.0
+    assert png.stat().st_size > 1000
+    assert "cost relative to kernel-overlay" in log
+    assert leftovers(tmp_path) == ([], [])
+
+
+@needs_root_fuse
+def test_ctrl_c_removes_every_mount_and_server(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    p = _bench(
+        "--layers",
+        "4",
+        "--files",
+        "400",
+        "--files-sweep",
+        "400",
+        "--reps",
+        "50",
+        "--no-private-ns",
+        "--impl",
+        "strata,fuse-overlayfs",
+        "--workdir",
+        str(ws),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            if leftovers(ws, exclude=(p.pid,))[1]:  # a FUSE server of the bench is up
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        log, _ = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, log
+    assert "interrupted" in log
+    deadline = time.monotonic() + 10
+    while leftovers(ws) != ([], []) and time.monotonic() < deadline:  # (servers exit asynchronously)
+        time.sleep(0.1)
+    assert leftovers(ws) == ([], [])
+    assert os.path.isdir(ws)
