@@ -170,3 +170,39 @@ def test_search_uses_the_catalog(registry: RegistryInfo, root: Path) -> None:
     assert len(limited) == 2
     bad = strata(root, "search", "--filter", "bogus=1", f"{registry.host}/x", check=False)
     assert bad.returncode == 1 and "invalid filter" in bad.stderr.decode()
+
+
+def test_pulling_a_moved_tag_leaves_the_old_image_dangling(registry: RegistryInfo, root: Path, tmp_path: Path) -> None:
+    pusher = tmp_path / "pusher"
+    moving = f"{registry.host}/moving/app:stable"
+    strata(pusher, "pull", f"{registry.host}/tiny")
+    strata(pusher, "tag", f"{registry.host}/tiny", moving)
+    strata(pusher, "push", moving)
+    strata(root, "pull", moving)
+    old = Store(root).resolve(moving).id
+    strata(pusher, "pull", f"{registry.host}/multiarch:amd64")
+    strata(pusher, "tag", f"{registry.host}/multiarch:amd64", moving)
+    strata(pusher, "push", moving)
+    out = strata(root, "pull", moving).stdout.decode()
+    assert f"Status: Downloaded newer image for {moving}" in out
+    store = Store(root)
+    assert store.resolve(moving).id != old
+    assert store.images.has(old) and store.tags_of(old) == []
+
+
+def test_push_of_a_layer_stored_only_in_another_compression_fails_cleanly(
+    registry: RegistryInfo, auth_registry: RegistryInfo, root: Path
+) -> None:
+    strata(root, "pull", f"{registry.host}/layered:latest")
+    strata(root, "pull", f"{registry.host}/layered:zstd")  # same layers: the zstd blobs are never fetched
+    other = f"{registry.host}/elsewhere/layered:zstd"
+    strata(root, "tag", f"{registry.host}/layered:zstd", other)
+    proc = strata(root, "push", other)  # same registry: every blob mounts from `layered`
+    assert proc.stdout.decode().count("Mounted from layered") == 5
+    target = f"{auth_registry.host}/isolated/layered:zstd"  # another registry: nothing to mount from
+    strata(root, "tag", f"{registry.host}/layered:zstd", target)
+    strata(root, "login", "-u", "alice", "--password-stdin", auth_registry.host, input=b"s3cret")
+    proc = strata(root, "push", target, check=False)
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 1 and len(err.splitlines()) == 1
+    assert "is not in the store" in err and "pull the image again" in err
