@@ -10,7 +10,7 @@ import pytest
 from store.store import Store
 from tests.helpers import apply_oci_layers, dump_tree, snapshot, strata
 
-from .conftest import RegistryInfo
+from .conftest import RegistryInfo, TokenRegistry
 
 
 def merged_tree(store: Store, name: str, dest: Path) -> str:
@@ -182,3 +182,31 @@ def test_pull_all_tags(registry: RegistryInfo, root: Path) -> None:
 def test_nested_repository_name(registry: RegistryInfo, root: Path) -> None:
     proc = strata(root, "pull", f"{registry.host}/test/nested/tiny")
     assert out_lines(proc)[0] == "latest: Pulling from test/nested/tiny"
+
+
+def test_foreign_layers_are_reported_not_skipped(token_registry: TokenRegistry, root: Path) -> None:
+    import trio
+
+    from store import mediatypes as mt
+    from store.registry.auth import Credentials
+    from store.registry.client import ClientOptions, Registry
+
+    host = token_registry.host
+    options = ClientOptions(credentials={host: Credentials("alice", "s3cret")})
+
+    async def push_foreign() -> None:  # a registry allowing foreign URLs (`validation.manifests.urls`)
+        async with Registry(host, options) as reg:
+            data, _, _ = await reg.get_manifest("tiny", "docker")
+            manifest = json.loads(data)
+            assert await reg.mount_blob("foreign/tiny", manifest["config"]["digest"], "tiny") is None
+            manifest["layers"][0]["mediaType"] = mt.DOCKER_FOREIGN
+            manifest["layers"][0]["urls"] = ["https://example.invalid/layer.tar.gz"]
+            await reg.put_manifest("foreign/tiny", "v1", json.dumps(manifest).encode(), mt.DOCKER_MANIFEST)
+
+    trio.run(push_foreign)
+    Store(root)
+    proc = strata(root, "pull", f"{host}/foreign/tiny:v1", check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.decode().strip()
+    assert "is a foreign (non-distributable) layer" in err and mt.DOCKER_FOREIGN in err
+    assert Store(root).images.all() == []

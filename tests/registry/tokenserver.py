@@ -154,6 +154,11 @@ storage:
 http:
   addr: 127.0.0.1:{port}
   secret: token-registry-secret
+validation:
+  manifests:
+    urls:
+      allow:
+        - ^https://
 auth:
   token:
     realm: {realm}
