@@ -169,6 +169,8 @@ def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | 
                 os.dup2(null, fd)
             if null > 2:
                 os.close(null)
+            os.closerange(3, wfd)  # inherited descriptors (e.g. a caller's pipes) must not stay open
+            os.closerange(wfd + 1, 65536)
             _serve(ops, mp, opts, wfd)
         except BaseException:  # noqa: BLE001
             os._exit(1)

@@ -1,0 +1,134 @@
+"""Shared helpers for the unionfs tests: layer builders, tree snapshots, mount bookkeeping."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from unionfs.mount import mount_state, unmount
+
+
+def build_layer(root: Path, entries: list[tuple], kernel_form: bool) -> None:
+    """Materialise a layer from a list of entry tuples (see test_oracle) in OCI or kernel whiteout form.
+
+    Entries that do not fit (parent is a non-directory, name taken, ...) are skipped identically in
+    both forms, so the two renderings always describe the same layer.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    kinds: dict[str, str] = {"": "dir"}
+
+    def parent_ok(path: str) -> bool:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            p = "/".join(parts[:i])
+            k = kinds.get(p)
+            if k is None:
+                (root / p).mkdir(mode=0o755)
+                os.chmod(root / p, 0o755)
+                kinds[p] = "dir"
+            elif k != "dir":
+                return False
+        return True
+
+    for ent in entries:
+        kind, path = ent[0], ent[1]
+        if kind == "xattr":
+            if kinds.get(path) in ("file", "dir"):
+                os.setxattr(root / path, ent[2], ent[3])
+            continue
+        if path in kinds or not parent_ok(path):
+            continue
+        p = root / path
+        if kind == "file":
+            p.write_bytes(ent[2])
+            os.chmod(p, ent[3])
+        elif kind == "dir":
+            p.mkdir()
+            os.chmod(p, ent[2])
+            if ent[3]:
+                if kernel_form:
+                    os.setxattr(p, "trusted.overlay.opaque", b"y")
+                else:
+                    (p / ".wh..wh..opq").touch(mode=0)
+        elif kind == "symlink":
+            os.symlink(ent[2], p)
+        elif kind == "hardlink":
+            if kinds.get(ent[2]) != "file":
+                continue
+            os.link(root / ent[2], p)
+        elif kind == "fifo":
+            os.mkfifo(p)
+        elif kind == "whiteout":
+            if kernel_form:
+                os.mknod(p, stat.S_IFCHR, os.makedev(0, 0))
+            else:
+                (p.parent / (".wh." + p.name)).touch(mode=0)
+        kinds[path] = "dir" if kind == "dir" else ("file" if kind in ("file", "hardlink") else kind)
+
+
+def snapshot(root: Path, kernel: bool = False) -> dict:
+    """Everything observable about a tree (no timestamps, no directory sizes/nlink).
+
+    *kernel*: skip names that readdir lists but lookup denies (overlayfs passes whiteouts of a
+    single-layer directory through readdir).
+    """
+    out: dict = {}
+    inodes: dict[int, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                if kernel:
+                    continue
+                raise
+            rec: dict = {
+                "fmt": stat.S_IFMT(st.st_mode),
+                "mode": stat.S_IMODE(st.st_mode),
+                "uid": st.st_uid,
+                "gid": st.st_gid,
+            }
+            if stat.S_ISREG(st.st_mode):
+                rec["size"] = st.st_size
+                rec["data"] = Path(p).read_bytes()
+            if stat.S_ISLNK(st.st_mode):
+                rec["target"] = os.readlink(p)
+            if not stat.S_ISDIR(st.st_mode):
+                rec["nlink"] = st.st_nlink
+                inodes.setdefault(st.st_ino, []).append(rel)
+            if not stat.S_ISLNK(st.st_mode):
+                rec["xattrs"] = {n: os.getxattr(p, n) for n in sorted(os.listxattr(p)) if n.startswith("user.")}
+            out[rel] = rec
+    out["#links"] = sorted(sorted(v) for v in inodes.values() if len(v) > 1)
+    return out
+
+
+class Mounts:
+    """Tracks mounts made by a test and unmounts them all at the end, whatever happened."""
+
+    def __init__(self) -> None:
+        self.points: list[Path] = []
+
+    def add(self, mp: Path) -> Path:
+        self.points.append(Path(mp))
+        return Path(mp)
+
+    def kernel_overlay(self, lowers: list[Path], upper: Path, work: Path, mp: Path) -> Path:
+        opts = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work},redirect_dir=on,index=on"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)], check=True)
+        return self.add(mp)
+
+    def close(self) -> None:
+        for mp in reversed(self.points):
+            try:
+                if mount_state(mp) != "unmounted":
+                    unmount(mp)
+            except Exception:  # noqa: BLE001
+                subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+        self.points.clear()

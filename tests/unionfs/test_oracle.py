@@ -1,0 +1,155 @@
+"""Differential oracle: strata vs kernel overlayfs on random layer stacks and operation sequences.
+
+The same random layers are rendered twice: in OCI form (``.wh.`` files, ``.wh..wh..opq``) for strata
+and in kernel form (char 0/0, ``trusted.overlay.opaque=y``) for overlayfs (redirect_dir=on,
+index=on).  The same random operations run on both mounts; every errno and the complete final
+trees must agree, and strata must show the same tree again after a remount of its upper.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from unionfs.mount import MountSpec, mount, unmount
+
+from .conftest import needs_fuse
+from .helpers import Mounts, build_layer, snapshot
+
+NAMES = ["a", "b", "c"]
+paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
+modes = st.sampled_from([0o644, 0o600, 0o755, 0o700, 0o4755, 0o1777])
+xnames = st.sampled_from(["user.x", "user.y"])
+targets = st.sampled_from(["a", "../b", "/nowhere", "c/a"])
+
+entries = st.one_of(
+    st.tuples(st.just("file"), paths, st.binary(max_size=24), modes),
+    st.tuples(st.just("dir"), paths, modes, st.booleans()),
+    st.tuples(st.just("symlink"), paths, targets),
+    st.tuples(st.just("hardlink"), paths, paths),
+    st.tuples(st.just("whiteout"), paths),
+    st.tuples(st.just("fifo"), paths),
+    st.tuples(st.just("xattr"), paths, xnames, st.binary(min_size=1, max_size=8)),
+)
+layer_stacks = st.lists(st.lists(entries, max_size=10), min_size=1, max_size=3)
+
+ops = st.one_of(
+    st.tuples(st.just("write"), paths, st.binary(max_size=12), st.booleans()),
+    st.tuples(st.just("truncate"), paths, st.integers(0, 40)),
+    st.tuples(st.just("chmod"), paths, modes),
+    st.tuples(st.just("chown"), paths, st.integers(0, 2), st.integers(0, 2)),
+    st.tuples(st.just("rename"), paths, paths, st.sampled_from([0, 0, 1, 2])),
+    st.tuples(st.just("link"), paths, paths),
+    st.tuples(st.just("unlink"), paths),
+    st.tuples(st.just("rmdir"), paths),
+    st.tuples(st.just("mkdir"), paths, modes),
+    st.tuples(st.just("symlink"), paths, targets),
+    st.tuples(st.just("setxattr"), paths, xnames, st.binary(max_size=6)),
+    st.tuples(st.just("removexattr"), paths, xnames),
+)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _renameat2(src: str, dst: str, flags: int) -> None:
+    if _libc.renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), ctypes.c_uint(flags)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def apply(root: Path, op: tuple) -> int:
+    """Run one operation under *root*; return 0 or the errno it failed with."""
+    kind, path = op[0], str(root / op[1])
+    try:
+        if kind == "write":
+            fl = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | (os.O_APPEND if op[3] else os.O_TRUNC)
+            fd = os.open(path, fl, 0o644)
+            try:
+                os.write(fd, op[2])
+            finally:
+                os.close(fd)
+        elif kind == "truncate":
+            os.truncate(path, op[2])
+        elif kind == "chmod":
+            os.chmod(path, op[2])
+        elif kind == "chown":
+            os.chown(path, op[2], op[3], follow_symlinks=False)
+        elif kind == "rename":
+            _renameat2(path, str(root / op[2]), op[3])
+        elif kind == "link":
+            os.link(path, str(root / op[2]), follow_symlinks=False)
+        elif kind == "unlink":
+            os.unlink(path)
+        elif kind == "rmdir":
+            os.rmdir(path)
+        elif kind == "mkdir":
+            os.mkdir(path, op[2])
+        elif kind == "symlink":
+            os.symlink(op[2], path)
+        elif kind == "setxattr":
+            os.setxattr(path, op[2], op[3], follow_symlinks=False)
+        elif kind == "removexattr":
+            os.removexattr(path, op[2], follow_symlinks=False)
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = True) -> None:
+    base = Path(tempfile.mkdtemp(prefix="strata-oracle-", dir="/var/tmp"))
+    m = Mounts()
+    try:
+        oci, kern = [], []
+        for i, layer in enumerate(stack):
+            build_layer(base / f"oci{i}", layer, kernel_form=False)
+            build_layer(base / f"k{i}", layer, kernel_form=True)
+            oci.append(base / f"oci{i}")
+            kern.append(base / f"k{i}")
+        for d in ("su", "sw", "sm", "ku", "kw", "km"):
+            (base / d).mkdir()
+            os.chmod(base / d, 0o755)
+        m.kernel_overlay(kern, base / "ku", base / "kw", base / "km")
+        spec = MountSpec(oci, base / "su", base / "sw", use_index=use_index)
+        mount(spec, base / "sm")
+        m.add(base / "sm")
+        assert snapshot(base / "sm") == snapshot(base / "km", kernel=True), "initial views differ"
+        for op in sequence:
+            rs, rk = apply(base / "sm", op), apply(base / "km", op)
+            assert (op, os.strerror(rs) if rs else "ok") == (op, os.strerror(rk) if rk else "ok")
+        expected = snapshot(base / "km", kernel=True)
+        assert snapshot(base / "sm") == expected
+        unmount(base / "sm")
+        mount(spec, base / "sm")
+        assert snapshot(base / "sm") == expected, "view changed across a remount"
+    finally:
+        m.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+pytestmark = needs_fuse
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stack=layer_stacks, sequence=st.lists(ops, max_size=12))
+def test_matches_kernel_overlayfs(stack, sequence):
+    run_case(stack, sequence)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stack=layer_stacks, sequence=st.lists(ops, max_size=8))
+def test_noindex_matches_kernel_overlayfs(stack, sequence):
+    run_case(stack, sequence, use_index=False)
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stack=layer_stacks, sequence=st.lists(ops, max_size=30))
+def test_matches_kernel_overlayfs_long(stack, sequence):
+    run_case(stack, sequence)
