@@ -39,14 +39,10 @@ def commit_cmd(
 ) -> None:
     """Create a new image from a container's changes."""
     store = get_store()
-    c = store.containers.find(container)
-    upper = store.containers.upper(c.id)
-    if not upper.is_dir():
-        fail(f"container {c.name}: its writable layer {upper} is missing")
-    image = store.images.get(c.image)
-    found = iter_changes(store.layer_dirs(image), upper, store.index_cache(image))
+    stack = store.stack(container)
+    found = iter_changes(stack.lowers, stack.upper, stack.index_cache)
     changed = [ChangedPath(x.path, x.kind, x.upper_path, x.opaque) for x in found]
-    record = commit(store, image, changed, _keep_xattr, repository, author, message, list(changes), compression)
+    record = commit(store, stack.image, changed, _keep_xattr, repository, author, message, list(changes), compression)
     click.echo(record.id)
 
 
@@ -56,14 +52,12 @@ def commit_cmd(
 @user_errors
 def export(target: str | None, container: str) -> None:
     """Export a container's whole filesystem as a tar archive."""
-    store = get_store()
-    c = store.containers.find(container)
-    image = store.images.get(c.image)
+    stack = get_store().stack(container)
     if target is None and sys.stdout.isatty():
         fail("cowardly refusing to save to a terminal. Use the -o flag or redirect")
     with tempfile.TemporaryDirectory(prefix="strata-export-") as mp:
-        spec = MountSpec(store.layer_dirs(image), index_cache=store.index_cache(image))
-        spec.lowers = [store.containers.upper(c.id), *spec.lowers]  # the container layer, read-only
+        # the container layer on top, read-only: a consistent view even while it is mounted elsewhere
+        spec = MountSpec([stack.upper, *stack.lowers])
         try:
             mount(spec, Path(mp))
         except MountError as e:

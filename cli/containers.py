@@ -156,12 +156,12 @@ def mount(
         c = store.create_container(target, throwaway=True)
     if c.mountpoint and mount_state(Path(c.mountpoint)) == "mounted":
         fail(f"container {c.name} is already mounted at {c.mountpoint}")
-    image = store.images.get(c.image)
+    stack = store.stack(c.id)
     spec = MountSpec(
-        store.layer_dirs(image),
-        store.containers.upper(c.id),
-        store.containers.work(c.id),
-        index_cache=store.index_cache(image),
+        stack.lowers,
+        stack.upper,
+        stack.work,
+        index_cache=stack.index_cache,
         use_index=not no_index,
         allow_other=allow_other,
         debug=debug,
@@ -228,13 +228,8 @@ def umount(target: str) -> None:
 @user_errors
 def diff(container: str, fmt: str) -> None:
     """List what changed in a container's filesystem: A (added), C (changed), D (deleted)."""
-    store = get_store()
-    c = store.containers.find(container)
-    upper = store.containers.upper(c.id)
-    if not upper.is_dir():
-        fail(f"container {c.name}: its writable layer {upper} is missing")
-    image = store.images.get(c.image)
-    changes = sorted(iter_changes(store.layer_dirs(image), upper, store.index_cache(image)), key=lambda x: x.path)
+    stack = get_store().stack(container)
+    changes = sorted(iter_changes(stack.lowers, stack.upper, stack.index_cache), key=lambda x: x.path)
     if fmt == "json":
         click.echo(json.dumps([{"Path": x.path, "Kind": {"C": 0, "A": 1, "D": 2}[x.kind]} for x in changes]))
     else:

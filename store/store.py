@@ -60,6 +60,18 @@ class _Tee:
 
 
 @dataclass
+class Stack:
+    """What the union filesystem needs to mount a container: directories only."""
+
+    container: Container
+    image: ImageRecord
+    lowers: list[Path]  # topmost first
+    upper: Path
+    work: Path
+    index_cache: Path
+
+
+@dataclass
 class Event:
     """One line of an `rmi`/`prune` report: ("Untagged", ref) or ("Deleted", id)."""
 
@@ -397,6 +409,15 @@ class Store:
             )
             self.containers.create(c)
             return c
+
+    def stack(self, name: str) -> Stack:
+        """The layer directories of container `name` (its writable layer must exist)."""
+        c = self.containers.find(name)
+        upper = self.containers.upper(c.id)
+        if not upper.is_dir():
+            raise NotFound(f"container {c.name}: its writable layer {upper} is missing")
+        image = self.images.get(c.image)
+        return Stack(c, image, self.layer_dirs(image), upper, self.containers.work(c.id), self.index_cache(image))
 
     def remove_container(self, c: Container) -> None:
         with self.lock():

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: a fresh store per test and the real test images."""
+"""Fixtures shared by every test: a fresh store per test, mountpoints, and the real test images."""
 
 from __future__ import annotations
 
@@ -18,69 +18,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _make_images(work: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run make-images.sh against a registry started for it (stopped after); work/oci gets the layouts."""
+    state = work / "registry"
+    port = free_port()
+    start = SHARED / "registry" / "start-registry.sh"
+    subprocess.run(["bash", str(start), str(state), "--port", str(port)], check=True, capture_output=True)
+    try:
+        make = SHARED / "registry" / "make-images.sh"
+        cmd = ["bash", str(make), "-r", f"127.0.0.1:{port}", "-w", str(work), *args]
+        return subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        subprocess.run(["bash", str(SHARED / "registry" / "stop-registry.sh"), str(state)], capture_output=True)
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A fresh, empty store root for one test."""
     return tmp_path / "store"
 
 
-@pytest.fixture(scope="session")
-def debian_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real Debian bookworm (minbase) image, 2 layers, built by make-images.sh --debian (~40 s).
-
-    Returns the work dir: `oci/debian` layout (tag `bookworm`). Needs a Debian mirror; skips without.
-    """
-    base = tmp_path_factory.mktemp("debian")
-    state, work = base / "registry", base / "work"
-    port = free_port()
-    subprocess.run(
-        ["bash", str(SHARED / "registry" / "start-registry.sh"), str(state), "--port", str(port)],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        proc = subprocess.run(
-            [
-                "bash",
-                str(SHARED / "registry" / "make-images.sh"),
-                "-r",
-                f"127.0.0.1:{port}",
-                "-w",
-                str(work),
-                "--only",
-                "debian",
-                "--debian",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            pytest.skip(f"cannot build the Debian image here: {proc.stderr.strip().splitlines()[-1:]}")
-        yield work
-    finally:
-        subprocess.run(["bash", str(SHARED / "registry" / "stop-registry.sh"), str(state)], capture_output=True)
+@pytest.fixture
+def mnt(tmp_path: Path) -> Iterator[Path]:
+    """An empty mountpoint, unmounted at the end of the test whatever happened."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    yield mp
+    subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+    subprocess.run(["umount", "-l", str(mp)], capture_output=True)
 
 
 @pytest.fixture(scope="session")
-def image_layouts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def image_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OCI layouts of the shared test images (tiny, layered, multiarch), built by make-images.sh.
 
     Returns the work dir: `oci/<name>` layouts, `expected/<name>.tree` trees.
     """
-    base = tmp_path_factory.mktemp("images")
-    state, work = base / "registry", base / "work"
-    port = free_port()
-    subprocess.run(
-        ["bash", str(SHARED / "registry" / "start-registry.sh"), str(state), "--port", str(port)],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        subprocess.run(
-            ["bash", str(SHARED / "registry" / "make-images.sh"), "-r", f"127.0.0.1:{port}", "-w", str(work)],
-            check=True,
-            capture_output=True,
-        )
-        yield work
-    finally:
-        subprocess.run(["bash", str(SHARED / "registry" / "stop-registry.sh"), str(state)], capture_output=True)
+    work = tmp_path_factory.mktemp("images")
+    proc = _make_images(work)
+    assert proc.returncode == 0, proc.stderr
+    return work
+
+
+@pytest.fixture(scope="session")
+def debian_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Debian bookworm (minbase) image, 2 layers, built by make-images.sh --debian (~40 s).
+
+    Returns the work dir: `oci/debian` layout (tag `bookworm`). Needs a Debian mirror; skips without.
+    """
+    work = tmp_path_factory.mktemp("debian")
+    proc = _make_images(work, "--only", "debian", "--debian")
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build the Debian image here: {proc.stderr.strip().splitlines()[-1:]}")
+    return work

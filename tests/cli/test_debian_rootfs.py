@@ -26,14 +26,6 @@ def debian(debian_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     yield root, bundle / "rootfs"
 
 
-@pytest.fixture
-def mnt(tmp_path: Path) -> Iterator[Path]:
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    yield mp
-    subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-
-
 def test_mounted_image_equals_umoci_unpack(debian: tuple[Path, Path], mnt: Path) -> None:
     root, rootfs = debian
     strata(root, "mount", "debian:bookworm", str(mnt))

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ def image(root: Path, image_layouts: Path) -> str:
     strata(root, "load", "-i", str(image_layouts / "oci/layered"))
     strata(root, "tag", Store(root).images.all()[0].id, "layered:latest")
     return "layered:latest"
-
-
-@pytest.fixture
-def mnt(tmp_path: Path) -> Iterator[Path]:
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    yield mp
-    subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-    subprocess.run(["umount", "-l", str(mp)], capture_output=True)
 
 
 def is_mounted(mp: Path) -> bool:
