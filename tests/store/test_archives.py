@@ -224,3 +224,16 @@ def test_load_rejects_a_file_that_is_no_archive(root: Path, tmp_path: Path) -> N
     assert proc.returncode == 1 and proc.stderr.decode().count("\n") == 1
     with pytest.raises(InvalidInput):
         archive.load(Store(tmp_path / "s"), junk)
+
+
+def test_load_a_tar_of_an_oci_layout_with_a_nested_index(root: Path, image_layouts: Path, tmp_path: Path) -> None:
+    layout_tar = tmp_path / "multiarch.tar"
+    subprocess.run(["tar", "-cf", str(layout_tar), "-C", str(image_layouts / "oci/multiarch"), "."], check=True)
+    out = strata(root, "load", "-i", str(layout_tar)).stdout.decode().splitlines()
+    s = Store(root)
+    archs = sorted(json.loads(s.blobs.read(r.id))["architecture"] for r in s.images.all())
+    # amd64 and arm64 by their own entries; the index entry resolves to the host's (amd64 here)
+    assert archs == ["amd64", "arm64"] and len(out) == 3
+    index = json.loads((image_layouts / "oci/multiarch/index.json").read_text())
+    by_tag = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+    assert {r.manifest for r in s.images.all()} == {by_tag["amd64"], by_tag["arm64"]}
