@@ -74,8 +74,12 @@ def make_image(registry: str, name: str, files: int, big_mib: int, work: Path) -
         blob = _layer(n, big, seed)
         refs.append(store.ingest_layer(io.BytesIO(blob), parent, None, mt.OCI_LAYER_GZIP))
         parent = chain_ids([x.diff_id for x in refs])[-1]
-    config = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
-              "rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in refs]}}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in refs]},
+    }
     ref = f"{registry}/{name}"
     store.add_image(json.dumps(config).encode(), refs, tags=[reference.parse(ref)])
     push_mod.push(store, ref, options=ClientOptions())
@@ -96,14 +100,18 @@ def bench(ref: str, runs: int, work: Path) -> dict[str, float]:
             root = work / f"strata-{i}"
             env = {**os.environ, "STRATA_PULL_STREAM": stream}
             start = time.perf_counter()
-            subprocess.run([str(STRATA), "--root", str(root), "pull", "-q", ref], check=True, capture_output=True,
-                           env=env)
+            subprocess.run(
+                [str(STRATA), "--root", str(root), "pull", "-q", ref], check=True, capture_output=True, env=env
+            )
             times[label].append(time.perf_counter() - start)
             shutil.rmtree(root, ignore_errors=True)
         oci, bundle = work / f"oci-{i}", work / f"bundle-{i}"
         start = time.perf_counter()
-        subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{ref}", f"oci:{oci}:x"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{ref}", f"oci:{oci}:x"],
+            check=True,
+            capture_output=True,
+        )
         subprocess.run(["umoci", "unpack", "--image", f"{oci}:x", str(bundle)], check=True, capture_output=True)
         times["skopeo+umoci"].append(time.perf_counter() - start)
         shutil.rmtree(oci, ignore_errors=True)
@@ -127,11 +135,17 @@ def main() -> None:
         registry = args.registry
         if not registry:
             port = _free_port()
-            subprocess.run(["bash", str(SHARED / "registry" / "start-registry.sh"), str(state), "-p", str(port)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["bash", str(SHARED / "registry" / "start-registry.sh"), str(state), "-p", str(port)],
+                check=True,
+                capture_output=True,
+            )
             started, registry = True, f"127.0.0.1:{port}"
-        ref = f"{registry}/{args.image}" if args.image else make_image(
-            registry, "bench/generated:latest", args.files, args.big_mib, work)
+        ref = (
+            f"{registry}/{args.image}"
+            if args.image
+            else make_image(registry, "bench/generated:latest", args.files, args.big_mib, work)
+        )
         proxy = None
         if args.throttle:
             sys.path.insert(0, str(REPO))

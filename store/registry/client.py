@@ -106,8 +106,19 @@ def describe(exc: BaseException) -> str:
     low = " ".join(chain).lower()
     if "refused" in low:
         return "connection refused"
-    if any(s in low for s in ("name or service not known", "no address associated", "name resolution",
-                              "nodename nor servname", "no such host", "errno -2", "errno -3", "errno -5")):
+    if any(
+        s in low
+        for s in (
+            "name or service not known",
+            "no address associated",
+            "name resolution",
+            "nodename nor servname",
+            "no such host",
+            "errno -2",
+            "errno -3",
+            "errno -5",
+        )
+    ):
         return "no such host"
     if "certificate" in low:
         return f"TLS certificate verification failed ({text})"
@@ -435,8 +446,9 @@ class Registry:
         self, repo: str, digest: str, headers: dict[str, str] | None = None
     ) -> AsyncIterator[httpx.Response]:
         """GET a blob as a streaming response (status checked)."""
-        resp = await self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull",
-                                  headers=headers, stream=True)
+        resp = await self.request(
+            "GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull", headers=headers, stream=True
+        )
         try:
             if resp.status_code not in (200, 206):
                 await resp.aread()
@@ -487,7 +499,9 @@ class Registry:
     async def mount_blob(self, repo: str, digest: str, source: str) -> str | None:
         """Try a cross-repository mount; None when mounted, else the upload URL the registry opened."""
         resp = await self.request(
-            "POST", f"/v2/{repo}/blobs/uploads/", params={"mount": digest, "from": source},
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            params={"mount": digest, "from": source},
             scope=f"repository:{repo}:pull,push repository:{source}:pull",
         )
         if resp.status_code == 201:
@@ -524,8 +538,9 @@ class Registry:
 
         if size <= chunk_size:
             data = await trio.to_thread.run_sync(read_chunk, 0, size)
-            resp = await self.request("PUT", with_digest(loc), scope=scope, content=data,
-                                      headers={"Content-Type": "application/octet-stream"})
+            resp = await self.request(
+                "PUT", with_digest(loc), scope=scope, content=data, headers={"Content-Type": "application/octet-stream"}
+            )
             if resp.status_code not in (201, 204):
                 raise self.fail(resp, f"upload of {digest}", "push", repo)
             if progress:
@@ -536,7 +551,10 @@ class Registry:
             n = min(chunk_size, size - offset)
             data = await trio.to_thread.run_sync(read_chunk, offset, n)
             resp = await self.request(
-                "PATCH", loc, scope=scope, content=data,
+                "PATCH",
+                loc,
+                scope=scope,
+                content=data,
                 headers={"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + n - 1}"},
             )
             if resp.status_code != 202:
@@ -545,15 +563,21 @@ class Registry:
             offset += n
             if progress:
                 progress(n)
-        resp = await self.request("PUT", with_digest(loc), scope=scope, content=b"",
-                                  headers={"Content-Type": "application/octet-stream"})
+        resp = await self.request(
+            "PUT", with_digest(loc), scope=scope, content=b"", headers={"Content-Type": "application/octet-stream"}
+        )
         if resp.status_code not in (201, 204):
             raise self.fail(resp, f"upload of {digest}", "push", repo)
 
     async def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         """PUT a manifest under a tag (or digest); returns the digest the registry reports."""
-        resp = await self.request("PUT", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull,push",
-                                  content=data, headers={"Content-Type": media_type})
+        resp = await self.request(
+            "PUT",
+            f"/v2/{repo}/manifests/{ref}",
+            scope=f"repository:{repo}:pull,push",
+            content=data,
+            headers={"Content-Type": media_type},
+        )
         if resp.status_code not in (200, 201, 202):
             raise self.fail(resp, f"manifest {repo}:{ref}", "push", repo)
         return resp.headers.get("docker-content-digest") or dg.of_bytes(data)

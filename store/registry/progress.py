@@ -51,8 +51,12 @@ class RichReporter(Reporter):
 
         self.console = Console()
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=self.console,
-            auto_refresh=True, refresh_per_second=8,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            console=self.console,
+            auto_refresh=True,
+            refresh_per_second=8,
         )
         self.tasks: dict[str, int] = {}
         self.started = False
@@ -92,8 +96,12 @@ class RichReporter(Reporter):
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=self.console,
-                auto_refresh=True, refresh_per_second=8,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                console=self.console,
+                auto_refresh=True,
+                refresh_per_second=8,
             )
 
 

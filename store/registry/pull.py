@@ -33,8 +33,14 @@ from .client import ClientOptions, Registry
 from .errors import RegistryError, run
 from .progress import Reporter
 
-LAYER_TYPES = {mt.OCI_LAYER, mt.OCI_LAYER_GZIP, mt.OCI_LAYER_ZSTD, mt.DOCKER_LAYER, mt.DOCKER_LAYER_GZIP,
-               "application/vnd.docker.image.rootfs.diff.tar.zstd"}
+LAYER_TYPES = {
+    mt.OCI_LAYER,
+    mt.OCI_LAYER_GZIP,
+    mt.OCI_LAYER_ZSTD,
+    mt.DOCKER_LAYER,
+    mt.DOCKER_LAYER_GZIP,
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+}
 CONFIG_TYPES = {mt.OCI_CONFIG, mt.DOCKER_CONFIG}
 MAX_CONFIG = 16 << 20
 WRITE_BATCH = 1 << 20
@@ -205,8 +211,14 @@ class _ChannelReader:
 
 
 async def _stream_layer(
-    reg: Registry, repo: str, desc: dict, store: Store, parent: str | None, diff_id: str,
-    reporter: Reporter, stats: _Stats,
+    reg: Registry,
+    repo: str,
+    desc: dict,
+    store: Store,
+    parent: str | None,
+    diff_id: str,
+    reporter: Reporter,
+    stats: _Stats,
 ) -> bool:
     """Download a layer and unpack it in the same pass (`Store.ingest_layer` in a worker thread).
 
@@ -257,9 +269,7 @@ def _unpack(store: Store, digest: str, parent: str | None, diff_id: str, what: s
         store.layers.unpack(f, parent, diff_id, what)
 
 
-async def resolve_manifest(
-    reg: Registry, ref: Reference, wanted: plat.Platform | None
-) -> tuple[str, bytes, str, str]:
+async def resolve_manifest(reg: Registry, ref: Reference, wanted: plat.Platform | None) -> tuple[str, bytes, str, str]:
     """(top digest, image manifest bytes, its media type, its digest), choosing a platform in an index."""
     repo = ref.repository
     data, media_type, digest = await reg.get_manifest(repo, ref.digest or ref.tag or "latest", ref.familiar)
@@ -364,8 +374,10 @@ async def pull_one(
                 continue
             await unpacked[i].wait()
             reporter.layer(short(d), "Pull complete")
-    layers = [LayerRef(x["digest"], x.get("mediaType", mt.OCI_LAYER_GZIP), int(x["size"]), diff_ids[i])
-              for i, x in enumerate(layer_descs)]
+    layers = [
+        LayerRef(x["digest"], x.get("mediaType", mt.OCI_LAYER_GZIP), int(x["size"]), diff_ids[i])
+        for i, x in enumerate(layer_descs)
+    ]
     image_id = config_desc["digest"]
     repo_digest = f"{ref.name}@{top}"
     if ref.digest:
@@ -375,8 +387,14 @@ async def pull_one(
         up_to_date = store.images.tags().get(str(ref)) == image_id
         tags = [ref]
     await trio.to_thread.run_sync(
-        lambda: store.add_image(config_bytes, layers, tags=tags, manifest_bytes=data,
-                                manifest_media_type=media_type, repo_digest=repo_digest)
+        lambda: store.add_image(
+            config_bytes,
+            layers,
+            tags=tags,
+            manifest_bytes=data,
+            manifest_media_type=media_type,
+            repo_digest=repo_digest,
+        )
     )
     reporter.line(f"Digest: {top}")
     return PullResult(ref, top, image_id, up_to_date, stats.blobs, stats.bytes, [x.digest for x in layers])

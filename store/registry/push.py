@@ -138,8 +138,13 @@ async def push_async(
         raise RegistryError(f"registry stored the manifest as {digest}, expected {result.digest}")
     config_bytes = store.blobs.read(record.id)
     await trio.to_thread.run_sync(
-        lambda: store.add_image(config_bytes, record.layers, manifest_bytes=manifest_bytes,
-                                manifest_media_type=record.manifest_media_type, repo_digest=f"{ref.name}@{digest}")
+        lambda: store.add_image(
+            config_bytes,
+            record.layers,
+            manifest_bytes=manifest_bytes,
+            manifest_media_type=record.manifest_media_type,
+            repo_digest=f"{ref.name}@{digest}",
+        )
     )
     reporter.line(f"{ref.tag}: digest: {digest} size: {len(manifest_bytes)}")
     return result

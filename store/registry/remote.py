@@ -84,8 +84,15 @@ async def search_async(
             if resp.status_code != 200:
                 raise RegistryError(f"Docker Hub search: {error_detail(resp)}")
             for r in resp.json().get("results") or []:
-                hits.append(SearchHit(r.get("name", ""), r.get("description") or "", int(r.get("star_count") or 0),
-                                      bool(r.get("is_official")), bool(r.get("is_automated"))))
+                hits.append(
+                    SearchHit(
+                        r.get("name", ""),
+                        r.get("description") or "",
+                        int(r.get("star_count") or 0),
+                        bool(r.get("is_official")),
+                        bool(r.get("is_automated")),
+                    )
+                )
     else:
         async with Registry(host, options) as reg:
             repos = await reg.catalog()
@@ -94,8 +101,9 @@ async def search_async(
     return [h for h in hits if _keep(h, want)][:limit]
 
 
-def search(term: str, limit: int = 25, filters: tuple[str, ...] | list[str] = (),
-           options: ClientOptions | None = None) -> list[SearchHit]:
+def search(
+    term: str, limit: int = 25, filters: tuple[str, ...] | list[str] = (), options: ClientOptions | None = None
+) -> list[SearchHit]:
     return run(search_async, term, limit, filters, options)
 
 
@@ -128,9 +136,7 @@ def format_search(hits: list[SearchHit], no_trunc: bool = False) -> str:
             desc = desc[:44] + "…"
         rows.append((h.name, desc, str(h.stars), "[OK]" if h.official else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join(
-        "   ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows
-    )
+    return "\n".join("   ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows)
 
 
 __all__ = ["SearchHit", "format_search", "inspect", "login", "search"]
