@@ -30,7 +30,9 @@ import stat
 import struct
 from array import array
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate
+from operator import attrgetter
 from pathlib import Path
 
 import xxhash
@@ -199,87 +201,126 @@ def _fs(p: str | os.PathLike) -> bytes:
     return os.fsencode(os.path.realpath(p))
 
 
-def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"") -> Index:
-    """Compile the merged view of *lowers* (topmost first) into an :class:`Index`."""
+_META = attrgetter("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+                   "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+_LW = len(WH_PREFIX)
+
+
+def _scan(realdir: bytes) -> tuple[list, list[bytes], bool]:
+    """One layer directory: ([(name, stat, path-if-dir)], whiteout names, opaque)."""
+    ents: list = []
+    whiteouts: list[bytes] = []
+    opaque = False
+    try:
+        it = os.scandir(realdir)
+    except OSError:
+        return ents, whiteouts, False
+    with it:
+        for de in it:
+            name = de.name
+            if name[:_LW] == WH_PREFIX:
+                if name == OPAQUE_NAME:
+                    opaque = True
+                else:
+                    whiteouts.append(name[_LW:])
+                continue
+            st = de.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                ents.append((name, st, de.path))
+            elif stat.S_ISCHR(mode) and st.st_rdev == 0:
+                whiteouts.append(name)
+            else:
+                ents.append((name, st, None))
+    return ents, whiteouts, opaque or _opaque_xattr(realdir)
+
+
+def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", threads: int = 4) -> Index:
+    """Compile the merged view of *lowers* (topmost first) into an :class:`Index`.
+
+    Directory scans (scandir + lstat, which release the GIL) run ahead of the breadth-first
+    numbering in a small thread pool.
+    """
     roots = [_fs(p) for p in lowers]
     meta = array("q")
     links = array("I")
     names: list[bytes] = [b""]
     hard: dict[tuple[int, int], int] = {}
-    st0 = os.stat(roots[0]) if roots else None
-    if st0 is None:
-        meta.extend((stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0))
+    if roots:
+        meta.extend(_META(os.stat(roots[0])))
+        meta[4] = 0
     else:
-        meta.extend((st0.st_mode, st0.st_nlink, st0.st_uid, st0.st_gid, 0, st0.st_size,
-                     st0.st_atime_ns, st0.st_mtime_ns, st0.st_ctime_ns))
+        meta.extend((stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0))
     links.extend((0, 0, 0, 0, 0))
-    # queue of (entry, [(layer, realdir), ...]) in BFS order
-    queue: list[tuple[int, list[tuple[int, bytes]]]] = [(0, list(enumerate(roots)))]
-    qpos = 0
-    S_ISDIR = stat.S_ISDIR
-    S_ISCHR = stat.S_ISCHR
-    lw = len(WH_PREFIX)
-    while qpos < len(queue):
-        entry, contrib = queue[qpos]
-        qpos += 1
-        merged: dict[bytes, list] = {}
-        closed: set[bytes] = set()
-        for layer, realdir in contrib:
-            whiteouts = []
-            opaque = False
-            try:
-                it = os.scandir(realdir)
-            except OSError:
-                continue
-            with it:
-                for de in it:
-                    name = de.name
-                    if name[:lw] == WH_PREFIX:
-                        if name == OPAQUE_NAME:
-                            opaque = True
-                        else:
-                            whiteouts.append(name[lw:])
-                        continue
-                    cur = merged.get(name)
-                    if cur is not None:
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
+
+    def submit(d: bytes):
+        if pool is None:
+            return _Done(_scan(d))
+        return pool.submit(_scan, d)
+
+    # queue of (entry, [[layer, realdir, future-of-scan-or-None], ...]) in BFS order; scans are
+    # submitted a bounded window ahead of the numbering
+    queue: list = [(0, [[i, r, None] for i, r in enumerate(roots)])]
+    qpos = subpos = 0
+    window = 512 if pool is not None else 0
+    meta_ext, links_ext, names_app, queue_app = meta.extend, links.extend, names.append, queue.append
+    try:
+        while qpos < len(queue):
+            while subpos < len(queue) and subpos <= qpos + window:
+                c0 = queue[subpos][1][0] if queue[subpos][1] else [0, b"", 0]
+                if c0[2] is None:
+                    c0[2] = submit(c0[1])
+                subpos += 1
+            entry, contrib = queue[qpos]
+            queue[qpos] = None
+            qpos += 1
+            if len(contrib) == 1:
+                layer, _d, fut = contrib[0]
+                ents = (fut or submit(_d)).result()[0]
+                ents.sort()
+                children = [(n, layer, st, None if p is None else [[layer, p, None]]) for n, st, p in ents]
+            else:
+                merged: dict[bytes, list] = {}
+                closed: set[bytes] = set()
+                for layer, d, fut in contrib:
+                    ents, whiteouts, opaque = (fut or submit(d)).result()
+                    for name, st, p in ents:
                         if name in closed:
                             continue
-                        if de.is_dir(follow_symlinks=False):
-                            cur[2].append((layer, de.path))
-                        else:
+                        cur = merged.get(name)
+                        if cur is not None:
+                            if p is not None:
+                                cur[3].append([layer, p, None])
+                            else:
+                                closed.add(name)
+                            continue
+                        merged[name] = [name, layer, st, [[layer, p, None]] if p is not None else None]
+                        if p is None:
                             closed.add(name)
-                        continue
-                    if name in closed:
-                        continue
-                    st = de.stat(follow_symlinks=False)
-                    mode = st.st_mode
-                    if S_ISCHR(mode) and st.st_rdev == 0:
-                        whiteouts.append(name)
-                        continue
-                    if S_ISDIR(mode):
-                        merged[name] = [layer, st, [(layer, de.path)]]
-                    else:
-                        merged[name] = [layer, st, None]
-                        closed.add(name)
-            closed.update(whiteouts)
-            if opaque or _opaque_xattr(realdir):
-                break
-        first = len(names)
-        b = entry * LINK_W
-        links[b + 3] = first
-        links[b + 4] = len(merged)
-        for name in sorted(merged):
-            layer, st, sub = merged[name]
-            i = len(names)
-            names.append(name)
-            canon = i
-            if st.st_nlink > 1 and sub is None:
-                canon = hard.setdefault((layer, st.st_ino), i)
-            meta.extend((st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_size,
-                         st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns))
-            links.extend((entry, layer, canon, 0, 0))
-            if sub is not None:
-                queue.append((i, sub))
+                    closed.update(whiteouts)
+                    if opaque:
+                        break
+                children = [tuple(merged[n]) for n in sorted(merged)]
+            first = len(names)
+            b = entry * LINK_W
+            links[b + 3] = first
+            links[b + 4] = len(children)
+            i = first
+            for name, layer, st, sub in children:
+                names_app(name)
+                m = _META(st)
+                canon = i
+                if sub is None and m[1] > 1:
+                    canon = hard.setdefault((layer, st.st_ino), i)
+                meta_ext(m)
+                links_ext((entry, layer, canon, 0, 0))
+                if sub is not None:
+                    queue_app((i, sub))
+                i += 1
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     name_off = array("Q", [0])
     name_off.extend(accumulate(map(len, names)))
     blob = b"".join(names)
@@ -293,6 +334,14 @@ def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"") -> Index:
             slot = (slot + 1) & mask
         table[slot] = i + 1
     return Index(roots, meta, links, name_off, blob, table, key=key)
+
+
+class _Done:
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 def _walk_dirs(root: bytes) -> Iterator[bytes]:

@@ -187,6 +187,7 @@ def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | 
         if _in_mountinfo(mp):
             try:
                 os.stat(mp)
+                os.statvfs(mp)
                 return server
             except OSError as e:
                 if e.errno != errno.ENOTCONN:
@@ -246,7 +247,7 @@ def mount_state(mountpoint: Path) -> str:
     if not _in_mountinfo(Path(mp)):
         return "unmounted"
     try:
-        os.stat(mp)
+        os.statvfs(mp)  # always reaches the server (stat may be answered from the attr cache)
     except OSError as e:
         if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             return "dead"

@@ -1,0 +1,165 @@
+"""The precompiled index: merge rules, inode numbering, persistence, cache validity."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from unionfs.index import Index, build_index, cache_key, load_or_build
+from unionfs.probe import ProbeLower
+
+
+def paths(idx) -> dict[str, int]:
+    """Every visible path of an index (walked through children()) -> mode."""
+    out: dict[str, int] = {}
+    todo = [0]
+    while todo:
+        e = todo.pop()
+        out[idx.path(e).decode()] = idx.mode(e)
+        if idx.is_dir(e):
+            todo.extend(idx.children(e))
+    return out
+
+
+def mk(root: Path, spec: dict[str, str | None]) -> Path:
+    """Create files ('text'), dirs (None: path ends with '/') under *root*."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, content in spec.items():
+        p = root / rel
+        if rel.endswith("/"):
+            p.mkdir(parents=True, exist_ok=True)
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(content or "")
+    return root
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> list[Path]:
+    low = mk(tmp_path / "low", {"etc/motd": "m", "etc/passwd": "p", "gone/x": "x", "opq/old": "o",
+                                "file_then_dir": "f", "dir_then_file/y": "y", "keep/a": "a"})
+    top = mk(tmp_path / "top", {"etc/new": "n", ".wh.gone": "", "opq/.wh..wh..opq": "", "opq/newf": "n",
+                                "file_then_dir/z": "z", "dir_then_file": "F", "etc/.wh.passwd": "",
+                                "keep/b": "b"})
+    return [top, low]
+
+
+def test_oci_whiteouts_and_opaque(stack: list[Path]) -> None:
+    got = paths(build_index(stack))
+    assert sorted(got) == ["/", "/dir_then_file", "/etc", "/etc/motd", "/etc/new", "/file_then_dir",
+                           "/file_then_dir/z", "/keep", "/keep/a", "/keep/b", "/opq", "/opq/newf"]
+    assert stat.S_ISDIR(got["/file_then_dir"]) and stat.S_ISREG(got["/dir_then_file"])
+
+
+def test_kernel_whiteouts_and_opaque_xattrs(tmp_path: Path) -> None:
+    low = mk(tmp_path / "low", {"a/x": "", "b/x": "", "c/x": "", "w": "", "d/": None})
+    top = mk(tmp_path / "top", {"a/y": "", "b/y": "", "c/y": "", "d/": None})
+    os.mknod(top / "w", stat.S_IFCHR, os.makedev(0, 0))
+    os.setxattr(top / "a", "trusted.overlay.opaque", b"y")
+    os.setxattr(top / "b", "user.overlay.opaque", b"y")
+    os.setxattr(top / "c", "user.fuseoverlayfs.opaque", b"y")
+    os.setxattr(top / "d", "user.overlay.opaque", b"n")  # not "y": not opaque
+    mk(low, {"d/kept": ""})
+    got = sorted(paths(build_index([top, low])))
+    assert got == ["/", "/a", "/a/y", "/b", "/b/y", "/c", "/c/y", "/d", "/d/kept"]
+
+
+def test_whiteout_in_middle_layer_stops_merge(tmp_path: Path) -> None:
+    bottom = mk(tmp_path / "l3", {"d/old": ""})
+    middle = mk(tmp_path / "l2", {".wh.d": ""})
+    top = mk(tmp_path / "l1", {"d/new": ""})
+    assert sorted(paths(build_index([top, middle, bottom]))) == ["/", "/d", "/d/new"]
+
+
+def test_bfs_inode_numbers_and_lookup(tmp_path: Path) -> None:
+    low = mk(tmp_path / "l", {"b/x": "", "a/z": "", "a/y": "", "c": ""})
+    idx = build_index([low])
+    order = [idx.path(i).decode() for i in range(idx.count)]
+    assert order == ["/", "/a", "/b", "/c", "/a/y", "/a/z", "/b/x"]
+    assert [idx.ino(i) for i in range(idx.count)] == list(range(1, 8))
+    a = idx.lookup(0, b"a")
+    assert idx.path(idx.lookup(a, b"z")) == b"/a/z"
+    assert idx.lookup(a, b"x") == -1 and idx.lookup(0, b"nope") == -1
+    assert build_index([low]).ino(idx.lookup(a, b"z")) == idx.ino(idx.lookup(a, b"z"))
+
+
+def test_hard_links_share_inode_within_layer(tmp_path: Path) -> None:
+    low = mk(tmp_path / "l", {"f": "data", "d/": None})
+    os.link(low / "f", low / "d" / "g")
+    idx = build_index([low])
+    f, g = idx.lookup(0, b"f"), idx.lookup(idx.lookup(0, b"d"), b"g")
+    assert f != g and idx.ino(f) == idx.ino(g)
+    assert idx.stat(f)[1] == 2
+
+
+def test_metadata_is_recorded(tmp_path: Path) -> None:
+    low = mk(tmp_path / "l", {"f": "12345"})
+    os.chmod(low / "f", 0o4711)
+    os.chown(low / "f", 7, 8)
+    os.symlink("target", low / "s")
+    idx = build_index([low])
+    mode, nlink, uid, gid, _rdev, size, _a, mtime, _c = idx.stat(idx.lookup(0, b"f"))
+    st = os.lstat(low / "f")
+    assert (mode, nlink, uid, gid, size, mtime) == (st.st_mode, 1, 7, 8, 5, st.st_mtime_ns)
+    assert stat.S_ISLNK(idx.mode(idx.lookup(0, b"s")))
+    assert idx.real_path(idx.lookup(0, b"f")) == os.fsencode(low / "f")
+
+
+def test_save_load_roundtrip(stack: list[Path], tmp_path: Path) -> None:
+    idx = build_index(stack)
+    idx.save(tmp_path / "i.idx")
+    back = Index.load(tmp_path / "i.idx")
+    assert back is not None and back.count == idx.count
+    for i in range(idx.count):
+        assert (back.path(i), back.stat(i), back.ino(i), back.layer(i)) == (idx.path(i), idx.stat(i), idx.ino(i),
+                                                                           idx.layer(i))
+    assert paths(back) == paths(idx)
+    (tmp_path / "bad.idx").write_bytes(b"garbage")
+    assert Index.load(tmp_path / "bad.idx") is None
+
+
+def test_workdir_cache_is_invalidated_by_lower_changes(stack: list[Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = load_or_build(stack, cache_dir=cache)
+    files = list(cache.iterdir())
+    assert len(files) == 1
+    again = load_or_build(stack, cache_dir=cache)
+    assert paths(again) == paths(first)
+    assert again._mm is not None  # served from the file
+    time.sleep(0.01)
+    (stack[1] / "etc" / "added").write_text("x")  # a deep directory changes
+    rebuilt = load_or_build(stack, cache_dir=cache)
+    assert "/etc/added" in paths(rebuilt)
+    assert cache_key(stack) != first.key
+
+
+def test_explicit_cache_path(stack: list[Path], tmp_path: Path) -> None:
+    c = tmp_path / "x" / "layers.idx"
+    a = load_or_build(stack, cache=c)
+    assert c.exists()
+    b = load_or_build(stack, cache=c)
+    assert b._mm is not None and paths(a) == paths(b)
+    assert load_or_build(list(reversed(stack)), cache=c)._mm is None  # other lowers: not reused
+
+
+def test_probe_lower_agrees_with_index(stack: list[Path]) -> None:
+    assert paths(ProbeLower(stack)) == paths(build_index(stack))
+
+
+def test_build_speed(tmp_path: Path) -> None:
+    """Build rate on 30k entries; the figure is printed (-s) and only a loose floor is asserted."""
+    low = tmp_path / "l"
+    for d in range(30):
+        (low / f"d{d}").mkdir(parents=True)
+        for f in range(1000):
+            (low / f"d{d}" / f"f{f}").touch()
+    t = time.perf_counter()
+    idx = build_index([low])
+    rate = idx.count / (time.perf_counter() - t)
+    print(f"index build: {idx.count} entries, {rate:,.0f} entries/s")
+    assert idx.count == 30031
+    assert rate > 10_000
