@@ -300,7 +300,7 @@ async def pull_one(
     """Pull one reference (tag or digest) from an open registry connection."""
     repo = ref.repository
     stats = _Stats()
-    top, data, media_type, _ = await resolve_manifest(reg, ref, wanted)
+    top, data, media_type, digest = await resolve_manifest(reg, ref, wanted)
     reporter.header(f"{ref.digest or ref.tag}: Pulling from {repo}")
     config_desc, layer_descs = parse_manifest(data, ref.familiar)
     config_bytes = await _fetch_config(reg, repo, config_desc, store, stats)
@@ -309,6 +309,15 @@ async def pull_one(
         diff_ids = [dg.validate(d) for d in config["rootfs"]["diff_ids"]]
     except (ValueError, KeyError, TypeError, InvalidInput):
         raise RegistryError(f"image config {config_desc['digest']}: malformed (no valid rootfs.diff_ids)") from None
+    if wanted is not None and top == digest:  # a single-platform image: its config must match
+        actual = plat.Platform(
+            str(config.get("os", "")), str(config.get("architecture", "")), config.get("variant") or None
+        )
+        if not wanted.matches(actual):
+            raise RegistryError(
+                f"image with reference {ref.familiar} was found but does not match the specified platform: "
+                f"wanted {wanted}, actual: {actual}"
+            )
     if len(diff_ids) != len(layer_descs):
         raise RegistryError(
             f"{ref.familiar}: manifest has {len(layer_descs)} layers but the config lists {len(diff_ids)} diff_ids"

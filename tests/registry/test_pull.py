@@ -210,3 +210,13 @@ def test_foreign_layers_are_reported_not_skipped(token_registry: TokenRegistry, 
     err = proc.stderr.decode().strip()
     assert "is a foreign (non-distributable) layer" in err and mt.DOCKER_FOREIGN in err
     assert Store(root).images.all() == []
+
+
+def test_platform_of_a_single_manifest_image_is_checked(registry: RegistryInfo, root: Path) -> None:
+    proc = strata(root, "pull", "--platform", "linux/arm64", f"{registry.host}/multiarch:amd64", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().strip() == (
+        f"Error: image with reference {registry.host}/multiarch:amd64 was found but does not match the "
+        "specified platform: wanted linux/arm64, actual: linux/amd64"
+    )
+    strata(root, "pull", "--platform", "linux/arm64", f"{registry.host}/multiarch:arm64")
