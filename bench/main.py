@@ -30,6 +30,7 @@ def build_config(
     impls: str | None = None,
     image: str | None = None,
     reps: int | None = None,
+    deep_reps: int | None = None,
     seed: int = 0,
     latency_hold: bool = True,
     private_ns: bool = True,
@@ -56,6 +57,8 @@ def build_config(
         cfg.impls = [x.strip() for x in impls.split(",") if x.strip()]
     if reps is not None:
         cfg.reps = max(1, reps)
+    if deep_reps is not None:
+        cfg.deep_reps = max(1, deep_reps)
     cfg.image = image
     cfg.seed = seed
     cfg.latency_hold = latency_hold

@@ -115,8 +115,11 @@ def table(result: dict, summary: dict | None = None) -> str:
     for sid, per in summary.items():
         si = info.get(sid, {})
         lines.append("")
-        lines.append(f"== {sid}: {si.get('layers', '?')} layers, {si.get('entries', '?')} entries, "
-                     f"{si.get('dirs', '?')} dirs, big dir {si.get('big_dir_entries', '?')} entries")
+        lines.append(
+            f"== {sid}: {si.get('layers', '?')} layers, {si.get('entries', '?')} entries, "
+            f"{si.get('dirs', '?')} dirs, big dir {si.get('big_dir_entries', '?')} entries, "
+            f"{si.get('reps', '?')} rep(s)"
+        )
         lines.append("".ljust(w0) + "".join(i.ljust(cw) for i in impls))
         for i in impls:
             s = per.get(i)
@@ -193,8 +196,9 @@ def plot(result: dict, path: Path, summary: dict | None = None) -> list[str]:
     colors = {impl: f"C{i}" for i, impl in enumerate(impls)}
     ncol = 3
     nrow_per = (len(PLOT_METRICS) + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow_per * len(series), ncol, figsize=(4.2 * ncol, 2.9 * nrow_per * len(series)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrow_per * len(series), ncol, figsize=(4.2 * ncol, 2.9 * nrow_per * len(series)), squeeze=False
+    )
     for si, (xname, pts, fixed) in enumerate(series):
         for k, metric in enumerate(PLOT_METRICS):
             ax = axes[si * nrow_per + k // ncol][k % ncol]

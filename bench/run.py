@@ -23,6 +23,7 @@ from .measure import Options, drop_caches, run_one
 from .stack import Stack, StackParams, describe_merged, generate, to_kernel_form
 
 DEFAULT_LAYERS = [1, 8, 64, 256, 1000]
+DEEP = 100  # stacks with more layers than this get ``deep_reps`` repetitions
 DEFAULT_IMPLS = ["strata", "strata-noindex", "kernel-overlay", "fuse-overlayfs"]
 CLONE_NEWNS = 0x00020000
 MS_REC = 16384
@@ -32,12 +33,13 @@ MS_PRIVATE = 1 << 18
 @dataclass
 class Config:
     layers: list[int] = field(default_factory=lambda: list(DEFAULT_LAYERS))
-    files: int = 5000
+    files: int = 2000
     files_sweep: list[int] | None = None  # files counts for the cost-vs-files sweep
     sweep_layers: int = 8  # layer count of the files sweep
     impls: list[str] = field(default_factory=lambda: list(DEFAULT_IMPLS))
     image: str | None = None
     reps: int = 3
+    deep_reps: int = 1  # repetitions of stacks deeper than DEEP layers (they cost minutes each)
     seed: int = 0
     big_entries: int = 3000
     large_files: int = 2
@@ -53,13 +55,26 @@ class Config:
 
     @classmethod
     def quick_defaults(cls) -> Config:
-        return cls(layers=[1, 8], files=1000, files_sweep=[1000, 4000], reps=1, big_entries=1000,
-                   large_files=2, large_size=4 << 20, quick=True, max_small=500)
+        return cls(
+            layers=[1, 8],
+            files=1000,
+            files_sweep=[1000, 4000],
+            reps=1,
+            deep_reps=1,
+            big_entries=1000,
+            large_files=2,
+            large_size=4 << 20,
+            quick=True,
+            max_small=500,
+        )
 
     def stacks(self) -> list[StackParams]:
         """The distinct stacks: the layers sweep at ``files``, then the files sweep at ``sweep_layers``."""
-        sweep = self.files_sweep if self.files_sweep is not None else sorted({max(1, self.files // 4), self.files,
-                                                                              self.files * 4})
+        sweep = (
+            self.files_sweep
+            if self.files_sweep is not None
+            else sorted({max(1, self.files // 4), self.files, self.files * 4})
+        )
         out: list[StackParams] = []
         for L in self.layers:
             out.append(self._p(L, self.files))
@@ -173,9 +188,13 @@ def run(cfg: Config, log=print) -> dict:
             stack = image_stack(what, sroot, cfg.store_root) if kind == "image" else generate(what, sroot)
             info = stack.describe()
             stacks_info.append(info)
-            log(f"stack {stack.id}: {info['entries']} entries, {info['dirs']} dirs, "
-                f"{stack.layers} layers, generated in {stack.gen_seconds:.1f}s")
-            for rep in range(cfg.reps):
+            log(
+                f"stack {stack.id}: {info['entries']} entries, {info['dirs']} dirs, "
+                f"{stack.layers} layers, generated in {stack.gen_seconds:.1f}s"
+            )
+            reps = cfg.reps if stack.layers <= DEEP else max(1, min(cfg.reps, cfg.deep_reps))
+            info["reps"] = reps
+            for rep in range(reps):
                 k = rep % len(impl_objs)
                 order = impl_objs[k:] + impl_objs[:k]
                 for pos, impl in enumerate(order):
@@ -183,11 +202,18 @@ def run(cfg: Config, log=print) -> dict:
                     cache.parent.mkdir(exist_ok=True)
                     t0 = time.perf_counter()
                     r = run_one(impl, stack, mp, cache, opts)
-                    r.update({"stack": stack.id, "impl": impl.name, "rep": rep, "position": pos,
-                              "wall_seconds": round(time.perf_counter() - t0, 3)})
+                    r.update(
+                        {
+                            "stack": stack.id,
+                            "impl": impl.name,
+                            "rep": rep,
+                            "position": pos,
+                            "wall_seconds": round(time.perf_counter() - t0, 3),
+                        }
+                    )
                     runs.append(r)
                     status = "ok" if r["ok"] else f"FAILED: {r['error']}"
-                    log(f"  rep {rep + 1}/{cfg.reps} {impl.name:<15} {status} ({r['wall_seconds']:.1f}s)")
+                    log(f"  rep {rep + 1}/{reps} {impl.name:<15} {status} ({r['wall_seconds']:.1f}s)")
             if not cfg.keep:
                 shutil.rmtree(sroot, ignore_errors=True)
         meta["interrupted"] = False

@@ -321,7 +321,7 @@ def to_kernel_form(src: Path, dst: Path) -> Path:
                 os.setxattr(out, KERNEL_OPAQUE, b"y", follow_symlinks=False)
                 continue
             if name.startswith(WH):
-                os.mknod(out / name[len(WH):], stat.S_IFCHR | 0o000, os.makedev(0, 0))
+                os.mknod(out / name[len(WH) :], stat.S_IFCHR | 0o000, os.makedev(0, 0))
                 continue
             o = out / name
             st = os.lstat(s)
@@ -405,7 +405,7 @@ def merged_view(layers: list[Path]) -> tuple[dict[str, os.stat_result], set[str]
                 p = os.path.join(realdir, name)
                 if name.startswith(WH):
                     if name != OPQ:
-                        wh.add(name[len(WH):])
+                        wh.add(name[len(WH) :])
                     continue
                 st = os.lstat(p)
                 if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
@@ -445,9 +445,7 @@ def describe_merged(st: Stack, rng: random.Random | None = None) -> None:
     st.entries = len(view)
     st.dirs = [p for p, s in view.items() if stat.S_ISDIR(s.st_mode)]
     st.files = [
-        p
-        for p, s in view.items()
-        if not stat.S_ISDIR(s.st_mode) and not p.startswith((BIG + "/", BLOBS + "/"))
+        p for p, s in view.items() if not stat.S_ISDIR(s.st_mode) and not p.startswith((BIG + "/", BLOBS + "/"))
     ]
     st.small = [p for p in st.files if stat.S_ISREG(view[p].st_mode)]
     st.big_entries = sum(1 for p in view if p.startswith(BIG + "/") and "/" not in p[len(BIG) + 1 :])

@@ -11,7 +11,7 @@ import click
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Small stacks, one repetition (about a minute).")
 @click.option("--layers", metavar="LIST", help="Layer counts of the layers sweep (default 1,8,64,256,1000).")
-@click.option("--files", type=int, metavar="N", help="Files per stack in the layers sweep (default 5000).")
+@click.option("--files", type=int, metavar="N", help="Files per stack in the layers sweep (default 2000).")
 @click.option("--files-sweep", metavar="LIST", help="File counts of the files sweep (default N/4,N,4N).")
 @click.option("--sweep-layers", type=int, metavar="N", help="Layer count of the files sweep (default 8).")
 @click.option(
@@ -22,6 +22,7 @@ import click
 )
 @click.option("--image", metavar="REF", help="Benchmark the layers of a local image instead of synthetic stacks.")
 @click.option("--reps", type=int, metavar="N", help="Repetitions (default 3, --quick 1).")
+@click.option("--deep-reps", type=int, metavar="N", help="Repetitions of stacks over 100 layers (default 1).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write raw results JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write PNG plots.")
 @click.option("--no-latency-hold", is_flag=True, help="Do not hold /dev/cpu_dma_latency at 0.")
@@ -44,6 +45,7 @@ def bench(
     impls,
     image,
     reps,
+    deep_reps,
     output,
     plot_path,
     no_latency_hold,
@@ -66,6 +68,7 @@ def bench(
             impls=impls,
             image=image,
             reps=reps,
+            deep_reps=deep_reps,
             seed=seed,
             latency_hold=not no_latency_hold,
             private_ns=not no_private_ns,
