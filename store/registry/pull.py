@@ -98,48 +98,64 @@ def parse_manifest(data: bytes, what: str) -> tuple[dict, list[dict]]:
     return config, layers
 
 
+class _Restart(Exception):
+    """The registry ignored a Range request: start the blob again from its first byte."""
+
+
 async def _download(reg: Registry, repo: str, desc: dict, store: Store, reporter: Reporter, stats: _Stats) -> None:
-    """Fetch one blob into the store, verified; retried from scratch on a dropped connection."""
+    """Fetch one blob into the store, verified while it streams.
+
+    A dropped connection is retried (bounded, with backoff) from where it broke off (`Range`),
+    or from scratch if the registry ignores the range.
+    """
     digest, size = desc["digest"], int(desc["size"])
     sid = short(digest)
     what = f"blob {digest} from {reg.host}/{repo}"
-    for attempt in range(reg.options.retries + 1):
-        cm = store.blobs.writer(digest, what)
-        w = cm.__enter__()
-        done = False
-        try:
-            async with reg.blob(repo, digest) as resp:
-                reporter.layer(sid, "Downloading", 0, size)
-                buf = bytearray()
-                async for chunk in resp.aiter_raw():
-                    buf += chunk
-                    if len(buf) >= WRITE_BATCH:
-                        data = bytes(buf)
-                        buf.clear()
-                        await trio.to_thread.run_sync(w.write, data)
-                        if w.size > size:
-                            raise DigestMismatch(f"{what}: registry sent more than the {size} bytes announced")
-                        reporter.layer(sid, "Downloading", w.size, size)
-                if buf:
-                    await trio.to_thread.run_sync(w.write, bytes(buf))
-            if w.size != size:
-                raise DigestMismatch(f"{what}: size mismatch (expected {size} bytes, got {w.size})")
-            done = True
-        except httpx.TransportError as e:
-            cm.__exit__(type(e), e, e.__traceback__)
-            if attempt == reg.options.retries:
-                raise RegistryError(f"{what}: connection lost ({e}) after {attempt + 1} attempts") from None
-            await trio.sleep(reg.options.backoff * 2**attempt)
-            continue
-        except BaseException as e:
-            cm.__exit__(type(e), e, e.__traceback__)
-            raise
-        if done:
-            await trio.to_thread.run_sync(cm.__exit__, None, None, None)
-            stats.blobs += 1
-            stats.bytes += size
-            reporter.layer(sid, "Download complete", size, size)
-            return
+    cm = store.blobs.writer(digest, what)
+    w = cm.__enter__()
+    attempt = 0
+    try:
+        while True:
+            buf = bytearray()
+            try:
+                headers = {"Range": f"bytes={w.size}-"} if w.size else None
+                async with reg.blob(repo, digest, headers) as resp:
+                    if w.size and not resp.headers.get("content-range", "").startswith(f"bytes {w.size}-"):
+                        raise _Restart
+                    reporter.layer(sid, "Downloading", w.size, size)
+                    async for chunk in resp.aiter_raw():
+                        buf += chunk
+                        if len(buf) >= WRITE_BATCH:
+                            data = bytes(buf)
+                            buf.clear()
+                            await trio.to_thread.run_sync(w.write, data)
+                            if w.size > size:
+                                raise DigestMismatch(f"{what}: registry sent more than the {size} bytes announced")
+                            reporter.layer(sid, "Downloading", w.size, size)
+                    if buf:
+                        await trio.to_thread.run_sync(w.write, bytes(buf))
+                break
+            except (httpx.TransportError, _Restart) as e:
+                if attempt >= reg.options.retries:
+                    raise RegistryError(f"{what}: connection lost ({e}) after {attempt + 1} attempts") from None
+                if isinstance(e, _Restart):
+                    cm.__exit__(type(e), e, e.__traceback__)  # discard the partial blob
+                    cm = store.blobs.writer(digest, what)
+                    w = cm.__enter__()
+                else:
+                    if buf:  # keep what arrived: the next request asks for the rest
+                        await trio.to_thread.run_sync(w.write, bytes(buf))
+                    await trio.sleep(reg.options.backoff * 2**attempt)
+                attempt += 1
+        if w.size != size:
+            raise DigestMismatch(f"{what}: size mismatch (expected {size} bytes, got {w.size})")
+    except BaseException as e:
+        cm.__exit__(type(e), e, e.__traceback__)
+        raise
+    await trio.to_thread.run_sync(cm.__exit__, None, None, None)
+    stats.blobs += 1
+    stats.bytes += size
+    reporter.layer(sid, "Download complete", size, size)
 
 
 async def _fetch_config(reg: Registry, repo: str, desc: dict, store: Store, stats: _Stats) -> bytes:

@@ -44,6 +44,8 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 line = f"{self.command} {self.path}"
+                if self.headers.get("Range"):
+                    line += f" range={self.headers['Range']}"
                 proxy.log.append(line)
                 fault = next((f for f in proxy.faults if f.match in line and f.hits < f.times), None)
                 if fault:
