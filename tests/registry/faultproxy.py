@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+_lock = threading.Lock()
+
 
 @dataclass
 class Fault:
@@ -30,6 +32,8 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     rate: float = 0.0  # bytes per second per response body (0: unthrottled)
+    in_flight: int = 0  # blob GETs being answered right now
+    max_in_flight: int = 0
 
     def start(self) -> str:
         proxy = self
@@ -47,6 +51,19 @@ class FaultProxy:
                 if self.headers.get("Range"):
                     line += f" range={self.headers['Range']}"
                 proxy.log.append(line)
+                if "/blobs/" in line and self.command == "GET":
+                    with _lock:
+                        proxy.in_flight += 1
+                        proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                    try:
+                        self._answer(line, body, length)
+                    finally:
+                        with _lock:
+                            proxy.in_flight -= 1
+                    return
+                self._answer(line, body, length)
+
+            def _answer(self, line: str, body: bytes, length: int) -> None:
                 fault = next((f for f in proxy.faults if f.match in line and f.hits < f.times), None)
                 if fault:
                     fault.hits += 1

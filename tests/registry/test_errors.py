@@ -128,3 +128,10 @@ def test_429_without_end_is_reported(proxy: FaultProxy, root: Path) -> None:
 
 def test_push_unknown_image_and_unreachable(root: Path) -> None:
     assert fails(root, "push", "127.0.0.1:1/nothing:here") == "Error: No such image: 127.0.0.1:1/nothing:here"
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_parallel_downloads_are_bounded(proxy: FaultProxy, root: Path, limit: int) -> None:
+    proxy.rate = 8e6  # slow enough that downloads overlap
+    strata(root, "pull", "--max-concurrent-downloads", str(limit), f"{proxy.host}/layered")  # type: ignore[attr-defined]
+    assert proxy.max_in_flight == limit
