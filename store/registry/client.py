@@ -221,8 +221,9 @@ class Registry:
                     resp = await self._ping(client, url)
                 except httpx.TransportError as e:
                     last = e
-                    if describe(e) in ("connection refused", "no such host"):
-                        break
+                    reason = describe(e)
+                    if reason == "no such host" or (reason == "connection refused" and self._has_port):
+                        break  # http on the same host and port cannot do better
                     continue
                 self.base, self._client = f"{scheme}://{self.api_host}", client
                 self.tls_verified = scheme == "https" and verify
@@ -253,6 +254,10 @@ class Registry:
                 continue
             return resp
         raise AssertionError("unreachable")
+
+    @property
+    def _has_port(self) -> bool:
+        return bool(re.search(r":\d+$", self.api_host))
 
     def _set_challenge(self, resp: httpx.Response) -> None:
         for ch in auth.parse_challenges(resp.headers.get("www-authenticate", "")):
