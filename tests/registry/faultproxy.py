@@ -32,6 +32,7 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     rate: float = 0.0  # bytes per second per response body (0: unthrottled)
+    delay: float = 0.0  # seconds each blob GET is held before it is answered
     in_flight: int = 0  # blob GETs being answered right now
     max_in_flight: int = 0
 
@@ -56,6 +57,7 @@ class FaultProxy:
                         proxy.in_flight += 1
                         proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
                     try:
+                        time.sleep(proxy.delay)
                         self._answer(line, body, length)
                     finally:
                         with _lock:
