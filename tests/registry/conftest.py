@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class RegistryInfo:
 
     def requests_since(self, mark: int) -> list[str]:
         """Access-log lines (`"GET /v2/... HTTP/1.1" 200`) written after `mark`."""
+        time.sleep(0.2)  # the registry logs a request just after answering it
         with open(self.log, "rb") as f:
             f.seek(mark)
             text = f.read().decode(errors="replace")
