@@ -133,6 +133,13 @@ def test_credential_helper(
     strata(root, "pull", f"{auth_registry.host}/tiny")
     strata(root, "logout", auth_registry.host)
     assert json.loads((tmp_path / "helper.json").read_text()) == {}
+    # a per-registry helper (credHelpers) wins over credsStore; a missing helper binary is ignored
+    (cfg / "config.json").write_text(json.dumps({"credsStore": "absent", "credHelpers": {auth_registry.host: "fake"}}))
+    (tmp_path / "helper.json").write_text(json.dumps({auth_registry.host: ["alice", "s3cret"]}))
+    strata(root, "pull", f"{auth_registry.host}/layered")
+    (cfg / "config.json").write_text(json.dumps({"credsStore": "absent"}))
+    proc = strata(tmp_path / "other", "pull", f"{auth_registry.host}/tiny", check=False)
+    assert proc.returncode == 1 and "pull access denied" in proc.stderr.decode()
 
 
 def test_tls_registry_with_ca_in_certs_d(tls_registry: RegistryInfo, root: Path, tmp_path: Path) -> None:
