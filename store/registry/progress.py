@@ -62,7 +62,7 @@ class RichReporter(Reporter):
         self.started = False
 
     def header(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, soft_wrap=True)
 
     def layer(self, short_id: str, status: str, current: int | None = None, total: int | None = None) -> None:
         if not self.started:
@@ -86,7 +86,7 @@ class RichReporter(Reporter):
 
     def line(self, text: str) -> None:
         self.close()
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.started:
