@@ -247,7 +247,8 @@ class FuseOverlayfs(Impl):
     def describe(self) -> dict:
         try:
             v = subprocess.run(["fuse-overlayfs", "--version"], capture_output=True, text=True, timeout=10)
-            version = (v.stdout + v.stderr).splitlines()[0].strip()
+            lines = (v.stdout + v.stderr).splitlines()
+            version = next((x.strip() for x in lines if x.startswith("fuse-overlayfs")), lines[0].strip())
         except (OSError, subprocess.TimeoutExpired, IndexError):
             version = "?"
         return {"name": self.name, "version": version}

@@ -1,6 +1,7 @@
 """The measurements: one implementation over one stack, in four phases, each on a fresh mount.
 
-Phase ``build`` (strata with the index only): no index cache, page cache dropped: mount (= index build).
+Phase ``build`` (strata with the index only): no index cache, page cache dropped: mount (= index build);
+then, in this process, the index alone: ``build_index`` (cold) and loading the cached file (cold).
 Phase ``walk``: page cache dropped, fresh mount: mount time (cold), full-tree walk (cold), walk again (warm).
 Phase ``lookup``: fresh mount without dropping caches: mount time (warm); first and repeated listing of
 the big merged directory; first lookup of every directory, ``lstat`` of never-looked-up files and of
@@ -106,6 +107,28 @@ def read_files(mp: Path, paths: list[str], chunk: int) -> int:
     return total
 
 
+def index_times(stack: Stack, cache: Path, cold: bool) -> dict:
+    """strata's index alone, in this process: build from the layers (page cache dropped), load the cache."""
+    try:
+        from unionfs.index import Index, build_index, cache_key
+    except ImportError:
+        return {}
+    out = {}
+    if cold:
+        drop_caches()
+    t0 = time.perf_counter()
+    idx = build_index(stack.oci_layers)
+    out["index_build"] = _m(time.perf_counter() - t0, idx.count)
+    if cache.exists():
+        if cold:
+            drop_caches()
+        t0 = time.perf_counter()
+        loaded = Index.load(cache, expect_key=cache_key(stack.oci_layers, deep=False))
+        if loaded is not None:
+            out["index_load"] = _m(time.perf_counter() - t0, loaded.count)
+    return out
+
+
 def _m(seconds: float, ops: int) -> dict:
     return {"seconds": seconds, "ops": ops}
 
@@ -150,6 +173,7 @@ def run_one(impl: im.Impl, stack: Stack, mp: Path, cache: Path, opts: Options, l
             cache.unlink(missing_ok=True)
             phase("index build", True, build)
             checks["index_cache_bytes"] = cache.stat().st_size if cache.exists() else None
+            metrics.update(index_times(stack, cache, cold))
 
         def walk_phase(h: im.Handle) -> None:
             metrics["mount_cold"] = _m(h.mount_seconds, 1)

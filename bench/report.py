@@ -12,6 +12,8 @@ BASELINE = "kernel-overlay"
 # "mem" (MiB).  The ratio column is always a *cost* ratio: > 1 means slower / bigger than the kernel.
 METRICS: dict[str, tuple[str, str]] = {
     "mount_index_build": ("time", "mount, no index cache (index build), cold"),
+    "index_build": ("time", "index build alone (in-process), cold"),
+    "index_load": ("time", "index open from cache (mmap), cold"),
     "mount_cold": ("time", "mount until / lists, cold"),
     "mount_warm": ("time", "mount until / lists, warm"),
     "walk_cold": ("rate", "full walk, cold (entries/s)"),
