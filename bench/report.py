@@ -98,6 +98,10 @@ def _fmt(v: float | None, metric: str) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
 
 
+def _load(x) -> str:
+    return f"{x[0]:.1f}" if x else "?"
+
+
 def table(result: dict, summary: dict | None = None) -> str:
     """Text table: per stack, one row per metric, one column per implementation (median, ×kernel cost)."""
     summary = summary or summarize(result)
@@ -108,7 +112,8 @@ def table(result: dict, summary: dict | None = None) -> str:
         f"strata bench  kernel {meta.get('kernel')}  cpus {meta.get('cpus')}  reps {meta['config'].get('reps')}  "
         f"latency hold: {'yes' if meta.get('latency_hold', {}).get('held') else 'no'}  "
         f"private mount ns: {'yes' if meta.get('mount_namespace', {}).get('private') else 'no'}  "
-        f"page cache drop: {'yes' if meta.get('page_cache_drop') else 'no'}"
+        f"page cache drop: {'yes' if meta.get('page_cache_drop') else 'no'}  "
+        f"load avg {_load(meta.get('loadavg_start'))} -> {_load(meta.get('loadavg_end'))}"
     )
     lines.append("values are medians; (x1.23) = cost relative to kernel-overlay (>1 slower/bigger, <1 faster)")
     info = {s["id"]: s for s in result.get("stacks", [])}

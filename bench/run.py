@@ -158,6 +158,7 @@ def run(cfg: Config, log=print) -> dict:
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "loadavg_start": os.getloadavg(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "impls": [i.describe() for i in impl_objs],
     }
@@ -222,6 +223,8 @@ def run(cfg: Config, log=print) -> dict:
         log(f"interrupted ({meta['interrupted']}): cleaning up")
     finally:
         prev_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for s in old:  # nothing interrupts the cleanup
+            signal.signal(s, signal.SIG_IGN)
         try:
             meta["cleaned_up"] = im.cleanup_all()
             hold.close()
@@ -232,6 +235,7 @@ def run(cfg: Config, log=print) -> dict:
             for s, h in old.items():
                 signal.signal(s, h)
     meta["seconds"] = round(time.perf_counter() - t_start, 1)
+    meta["loadavg_end"] = os.getloadavg()
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return result
 
