@@ -38,22 +38,35 @@ entries = st.one_of(
     st.tuples(st.just("fifo"), paths),
     st.tuples(st.just("xattr"), paths, xnames, st.binary(min_size=1, max_size=8)),
 )
-layer_stacks = st.lists(st.lists(entries, max_size=10), min_size=1, max_size=3)
+layer_stacks = st.lists(st.lists(entries, min_size=2, max_size=14), min_size=1, max_size=3)
 
-ops = st.one_of(
-    st.tuples(st.just("write"), paths, st.binary(max_size=12), st.booleans()),
-    st.tuples(st.just("truncate"), paths, st.integers(0, 40)),
-    st.tuples(st.just("chmod"), paths, modes),
-    st.tuples(st.just("chown"), paths, st.integers(0, 2), st.integers(0, 2)),
-    st.tuples(st.just("rename"), paths, paths, st.sampled_from([0, 0, 1, 2])),
-    st.tuples(st.just("link"), paths, paths),
-    st.tuples(st.just("unlink"), paths),
-    st.tuples(st.just("rmdir"), paths),
-    st.tuples(st.just("mkdir"), paths, modes),
-    st.tuples(st.just("symlink"), paths, targets),
-    st.tuples(st.just("setxattr"), paths, xnames, st.binary(max_size=6)),
-    st.tuples(st.just("removexattr"), paths, xnames),
-)
+def op_strategy(candidates: list[str]):
+    """Operations whose paths mostly name things that exist (the layers' paths) plus fresh names."""
+    p = st.one_of(st.sampled_from(candidates), paths) if candidates else paths
+    return st.one_of(
+        st.tuples(st.just("write"), p, st.binary(max_size=12), st.booleans()),
+        st.tuples(st.just("truncate"), p, st.integers(0, 40)),
+        st.tuples(st.just("chmod"), p, modes),
+        st.tuples(st.just("chown"), p, st.integers(0, 2), st.integers(0, 2)),
+        st.tuples(st.just("rename"), p, p, st.sampled_from([0, 0, 0, 1, 2])),
+        st.tuples(st.just("link"), p, p),
+        st.tuples(st.just("unlink"), p),
+        st.tuples(st.just("rmdir"), p),
+        st.tuples(st.just("mkdir"), p, modes),
+        st.tuples(st.just("symlink"), p, targets),
+        st.tuples(st.just("setxattr"), p, xnames, st.binary(max_size=6)),
+        st.tuples(st.just("removexattr"), p, xnames),
+    )
+
+
+def candidates_of(stack: list[list[tuple]]) -> list[str]:
+    out: set[str] = set()
+    for layer in stack:
+        for ent in layer:
+            parts = ent[1].split("/")
+            out.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return sorted(out)
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -134,22 +147,23 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
 
 
 pytestmark = needs_fuse
+SETTINGS = {"deadline": None, "suppress_health_check": list(HealthCheck)}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(stack=layer_stacks, sequence=st.lists(ops, max_size=12))
-def test_matches_kernel_overlayfs(stack, sequence):
-    run_case(stack, sequence)
+@settings(max_examples=60, **SETTINGS)
+@given(stack=layer_stacks, data=st.data())
+def test_matches_kernel_overlayfs(stack, data):
+    run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=14)))
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
-@given(stack=layer_stacks, sequence=st.lists(ops, max_size=8))
-def test_noindex_matches_kernel_overlayfs(stack, sequence):
-    run_case(stack, sequence, use_index=False)
+@settings(max_examples=15, **SETTINGS)
+@given(stack=layer_stacks, data=st.data())
+def test_noindex_matches_kernel_overlayfs(stack, data):
+    run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=10)), use_index=False)
 
 
 @pytest.mark.slow
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(stack=layer_stacks, sequence=st.lists(ops, max_size=30))
-def test_matches_kernel_overlayfs_long(stack, sequence):
-    run_case(stack, sequence)
+@settings(max_examples=1500, **SETTINGS)
+@given(stack=layer_stacks, data=st.data())
+def test_matches_kernel_overlayfs_long(stack, data):
+    run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=5, max_size=40)))
