@@ -5,7 +5,8 @@ Layout (struct-of-arrays, every array a flat machine-typed buffer, mmap-able):
 * entry *i* is the *i*-th path in breadth-first order, children of a directory sorted by name
   (composefs order), entry 0 is the root; the FUSE inode of entry *i* is ``canon[i] + 1``
   (``canon[i] == i`` except for hard links inside one layer, which share the first link's inode);
-* ``meta``  (int64, 9 per entry): mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns;
+* ``meta``  (int64, 10 per entry): mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns,
+  blocks;
 * ``links`` (uint32, 5 per entry): parent, layer, canon, first_child, child_count;
 * ``name_off`` (uint64, n+1) and ``names`` (bytes): the entry names;
 * ``table`` (uint32, power of two >= 2n): open-addressing hash table keyed by
@@ -39,14 +40,14 @@ import xxhash
 
 from .whiteout import OPAQUE_NAME, OPAQUE_XATTRS, WH_PREFIX
 
-MAGIC = b"STRIDX02"
+MAGIC = b"STRIDX03"
 HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
-META_W = 9
+META_W = 10
 LINK_W = 5
 _le32 = struct.Struct("<I").pack
 _xxh = xxhash.xxh64_intdigest
 
-Stat = tuple[int, int, int, int, int, int, int, int, int]
+Stat = tuple[int, int, int, int, int, int, int, int, int, int]
 
 
 def _opaque_xattr(path: bytes) -> bool:
@@ -202,7 +203,7 @@ def _fs(p: str | os.PathLike) -> bytes:
 
 
 _META = attrgetter("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
-                   "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+                   "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blocks")
 _LW = len(WH_PREFIX)
 
 
@@ -250,7 +251,7 @@ def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", threads: 
         meta.extend(_META(os.stat(roots[0])))
         meta[4] = 0
     else:
-        meta.extend((stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0))
+        meta.extend((stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, 0))
     links.extend((0, 0, 0, 0, 0))
     pool = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
 

@@ -222,9 +222,10 @@ class UnionOperations(pyfuse3.Operations):
             a.attr_timeout = UPPER_TIMEOUT
         else:
             (a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size,
-             a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns) = self.lo.stat(node.lower)
-            a.st_blocks = (a.st_size + 511) // 512
+             a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns, a.st_blocks) = self.lo.stat(node.lower)
             a.attr_timeout = LOWER_TIMEOUT
+        if node.isdir and node.lower >= 0:
+            a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
         a.entry_timeout = LOWER_TIMEOUT
         a.st_ino = node.ino
         a.st_blksize = 4096
@@ -298,8 +299,11 @@ class UnionOperations(pyfuse3.Operations):
             self._groups = groups
         return self._groups.get(self.lo.ino(entry), [])
 
-    async def _copy_up(self, node: Node) -> None:
-        """Copy a lower non-directory into the upper (data in a worker thread), keeping its inode."""
+    async def _copy_up(self, node: Node, data: bool = True) -> None:
+        """Copy a lower non-directory into the upper (data in a worker thread), keeping its inode.
+
+        *data* False skips the contents (the caller truncates the file anyway).
+        """
         if node.upper:
             return
         up = self._rw()
@@ -311,7 +315,7 @@ class UnionOperations(pyfuse3.Operations):
             st = os.lstat(src)
             self._ensure_dir_path(_dirname(node.path))
             tmp = up.tmp_path(up.real(node.path))
-            await trio.to_thread.run_sync(copy_node, src, tmp, st)
+            await trio.to_thread.run_sync(copy_node, src, tmp, st, data)
             path = node.path
             if up.kind(path) is not None:  # deleted or replaced while copying
                 os.unlink(tmp)
@@ -445,16 +449,32 @@ class UnionOperations(pyfuse3.Operations):
         if start_id == 0 or d[1] is None:
             d[1] = self._listing(node)
         listing = d[1]
-        for i in range(start_id, len(listing)):
+        if start_id == 0 and not pyfuse3.readdir_reply(token, b".", self._attr(node), 1):
+            return
+        if start_id <= 1 and not pyfuse3.readdir_reply(token, b"..", self._parent_attr(node), 2):
+            return
+        for i in range(max(0, start_id - 2), len(listing)):
             name, e = listing[i]
             try:
                 child, st = self._resolve(node, name, e if e >= 0 else None)
                 attr = self._attr(child, st)
             except pyfuse3.FUSEError:
                 continue
-            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+            if not pyfuse3.readdir_reply(token, name, attr, i + 3):
                 break
             self._ref(child)
+
+    def _parent_attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        """Attributes of the directory containing *node* (for the '..' entry; no lookup count)."""
+        cur = self.nodes[pyfuse3.ROOT_INODE]
+        parent = _dirname(node.path)
+        if parent != b"/" and node.path != b"/":
+            try:
+                for comp in parent[1:].split(b"/"):
+                    cur = self._resolve(cur, comp)[0]
+            except pyfuse3.FUSEError:
+                cur = node
+        return self._attr(cur)
 
     async def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
@@ -479,7 +499,7 @@ class UnionOperations(pyfuse3.Operations):
         write = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if write:
             self._rw()
-            await self._copy_up(node)
+            await self._copy_up(node, data=not flags & os.O_TRUNC)
         fl = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND)
         fd = os.open(self._real(node), fl | os.O_NOFOLLOW)
         return pyfuse3.FileInfo(fh=fd, keep_cache=not node.upper)

@@ -17,7 +17,7 @@ from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat
 
 def _st(st: os.stat_result) -> Stat:
     return (st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_size,
-            st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
+            st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_blocks)
 
 
 class ProbeLower:
@@ -27,7 +27,7 @@ class ProbeLower:
         self.lowers = [_fs(p) for p in lowers]
         self.key = b""
         root_st = os.lstat(self.lowers[0]) if self.lowers else None
-        st = _st(root_st) if root_st else (stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0)
+        st = _st(root_st) if root_st else (stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, 0)
         # entry: [parent, name, layer, stat, contrib, canon]
         self._e: list[list] = [[0, b"", 0, st, self._contrib(list(enumerate(self.lowers))), 0]]
         self._by: dict[tuple[int, bytes], int] = {}

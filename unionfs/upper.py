@@ -82,13 +82,17 @@ def copy_data(src: bytes, dst_fd: int) -> None:
         os.close(fd)
 
 
-def copy_node(src: bytes, dst: bytes, st: os.stat_result) -> None:
-    """Create *dst* as a copy of the non-directory *src* with all metadata (not atomic)."""
+def copy_node(src: bytes, dst: bytes, st: os.stat_result, data: bool = True) -> None:
+    """Create *dst* as a copy of the non-directory *src* with all metadata (not atomic).
+
+    *data* False: a regular file is created empty (for an open with O_TRUNC).
+    """
     mode = st.st_mode
     if stat.S_ISREG(mode):
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            copy_data(src, fd)
+            if data:
+                copy_data(src, fd)
             os.fchown(fd, st.st_uid, st.st_gid)
             os.fchmod(fd, stat.S_IMODE(mode))
         finally:

@@ -102,9 +102,9 @@ def test_metadata_is_recorded(tmp_path: Path) -> None:
     os.chown(low / "f", 7, 8)
     os.symlink("target", low / "s")
     idx = build_index([low])
-    mode, nlink, uid, gid, _rdev, size, _a, mtime, _c = idx.stat(idx.lookup(0, b"f"))
+    mode, nlink, uid, gid, _rdev, size, _a, mtime, _c, blocks = idx.stat(idx.lookup(0, b"f"))
     st = os.lstat(low / "f")
-    assert (mode, nlink, uid, gid, size, mtime) == (st.st_mode, 1, 7, 8, 5, st.st_mtime_ns)
+    assert (mode, nlink, uid, gid, size, mtime, blocks) == (st.st_mode, 1, 7, 8, 5, st.st_mtime_ns, st.st_blocks)
     assert stat.S_ISLNK(idx.mode(idx.lookup(0, b"s")))
     assert idx.real_path(idx.lookup(0, b"f")) == os.fsencode(low / "f")
 
