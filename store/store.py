@@ -109,7 +109,7 @@ class Store:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def _hold_ingest_lease(self) -> None:
+    def hold_ingest_lease(self) -> None:
         """Keep unreferenced-but-new layers and blobs from garbage collection while this Store adds them.
 
         A process that ingests holds a shared flock on `gc.lock` from its first ingest until the
@@ -216,7 +216,7 @@ class Store:
         """
         if mt.is_foreign(media_type):
             raise InvalidInput(f"{what}: foreign (non-distributable) layers are not supported ({media_type})")
-        self._hold_ingest_lease()
+        self.hold_ingest_lease()
         with self.blobs.writer(expected_digest, what) as w:
             tee = _Tee(stream, w)
             chain = None

@@ -341,9 +341,7 @@ async def pull_one(
     chains = chain_ids(diff_ids)
     # Blobs and layers land before the image record does: keep another process's rmi/prune from
     # collecting them meanwhile (the lease `Store.ingest_layer` takes; we also write blobs directly).
-    hold = getattr(store, "_hold_ingest_lease", None)
-    if hold is not None:
-        hold()
+    store.hold_ingest_lease()
     missing = [not store.layers.has(c) for c in chains]
     ready: dict[str, trio.Event] = {}
     unpacked = [trio.Event() for _ in layer_descs]
