@@ -115,6 +115,11 @@ def table(result: dict, summary: dict | None = None) -> str:
         f"page cache drop: {'yes' if meta.get('page_cache_drop') else 'no'}  "
         f"load avg {_load(meta.get('loadavg_start'))} -> {_load(meta.get('loadavg_end'))}"
     )
+    src = meta.get("source") or {}
+    if src:
+        dirty = f", uncommitted: {' '.join(src.get('uncommitted') or [])}" if src.get("uncommitted") else ""
+        changed = "  SOURCES CHANGED DURING THE RUN" if src.get("changed_during_run") else ""
+        lines.append(f"strata at {src.get('commit')} (unionfs {src.get('unionfs_sha256')}{dirty}){changed}")
     lines.append("values are medians; (x1.23) = cost relative to kernel-overlay (>1 slower/bigger, <1 faster)")
     info = {s["id"]: s for s in result.get("stacks", [])}
     w0 = max(len(lbl) for _k, lbl in METRICS.values()) + 2

@@ -147,6 +147,39 @@ def image_stack(ref: str, root: Path, store_root: Path | None) -> Stack:
     return st
 
 
+def source_state() -> dict:
+    """Which strata is measured: git commit, uncommitted files, a hash of the union filesystem sources."""
+    import hashlib
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted([*(repo / "unionfs").glob("*.py"), repo / "cli" / "overlay.py"]):
+        try:
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+        except OSError:
+            pass
+    out = {"unionfs_sha256": h.hexdigest()[:16]}
+    try:
+        out["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        st = subprocess.run(
+            ["git", "status", "--porcelain", "--", "unionfs", "cli/overlay.py"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        out["uncommitted"] = [line[3:] for line in st.splitlines()]
+    except (OSError, subprocess.TimeoutExpired):
+        out["commit"] = None
+    return out
+
+
 def run(cfg: Config, log=print) -> dict:
     """Run the benchmark; returns the raw results (see :mod:`bench.report` for the summary)."""
     if os.geteuid() != 0:
@@ -161,6 +194,7 @@ def run(cfg: Config, log=print) -> dict:
         "loadavg_start": os.getloadavg(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "impls": [i.describe() for i in impl_objs],
+        "source": source_state(),
     }
     ns = enter_private_namespace() if cfg.private_ns else {"private": False, "reason": "disabled (--no-private-ns)"}
     meta["mount_namespace"] = ns
@@ -236,6 +270,10 @@ def run(cfg: Config, log=print) -> dict:
                 signal.signal(s, h)
     meta["seconds"] = round(time.perf_counter() - t_start, 1)
     meta["loadavg_end"] = os.getloadavg()
+    end = source_state()["unionfs_sha256"]
+    meta["source"]["changed_during_run"] = end != meta["source"]["unionfs_sha256"]
+    if meta["source"]["changed_during_run"]:
+        log("WARNING: the union filesystem sources changed during the run; strata results mix two versions")
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return result
 
