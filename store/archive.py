@@ -21,7 +21,7 @@ from . import reference
 from .blobs import tmp_prefix
 from .compression import DECOMPRESS_ERRORS, detect, open_decompressed
 from .errors import InvalidInput, NotFound, StoreError
-from .images import ImageRecord, LayerRef
+from .images import ImageRecord, LayerRef, Variant
 from .layers import chain_ids
 from .store import Store, oci_manifest
 
@@ -360,23 +360,24 @@ def _write_docker(store: Store, chosen: list[tuple[ImageRecord, list[reference.R
         sink.add_bytes("repositories", json.dumps(repositories).encode())
 
 
-def _oci_manifest_bytes(store: Store, record: ImageRecord) -> bytes:
+def _oci_manifest_bytes(store: Store, record: ImageRecord, variant: Variant) -> bytes:
     """The stored manifest if it is OCI already (digest preserved), else an OCI rendering of it."""
-    if record.manifest_media_type == mt.OCI_MANIFEST:
-        return store.blobs.read(record.manifest)
-    return oci_manifest(record.id, store.blobs.size(record.id), record.layers)
+    if variant.media_type == mt.OCI_MANIFEST:
+        return store.blobs.read(variant.manifest)
+    return oci_manifest(record.id, store.blobs.size(record.id), variant.layers)
 
 
 def _write_oci(store: Store, chosen: list[tuple[ImageRecord, list[reference.Reference]]], sink: _TarSink) -> None:
     index = []
     for record, tags in chosen:
-        for d in [record.id, *(x.digest for x in record.layers)]:
-            with store.blobs.open(d) as f:
-                sink.add_file(_blob_name(d), f, store.blobs.size(d))
-        manifest = _oci_manifest_bytes(store, record)
-        manifest_digest = dg.of_bytes(manifest)
-        sink.add_bytes(_blob_name(manifest_digest), manifest)
-        index += [_index_entry(manifest, t) for t in tags or [None]]
+        for tag in tags or [None]:
+            variant = store.variant(record, str(tag) if tag else None)  # each tag as it came
+            for d in [record.id, *(x.digest for x in variant.layers)]:
+                with store.blobs.open(d) as f:
+                    sink.add_file(_blob_name(d), f, store.blobs.size(d))
+            manifest = _oci_manifest_bytes(store, record, variant)
+            sink.add_bytes(_blob_name(dg.of_bytes(manifest)), manifest)
+            index.append(_index_entry(manifest, tag))
     _write_layout(sink, index)
 
 

@@ -29,6 +29,15 @@ class LayerRef:
 
 
 @dataclass
+class Variant:
+    """One manifest of an image: the same config can come as gzip, zstd or plain layer blobs."""
+
+    manifest: str
+    media_type: str
+    layers: list[LayerRef]
+
+
+@dataclass
 class ImageRecord:
     id: str
     manifest: str
@@ -38,16 +47,25 @@ class ImageRecord:
     repo_digests: list[str] = field(default_factory=list)
     parent: str | None = None
     last_tag_time: str | None = None
+    variants: list[Variant] = field(default_factory=list)  # every manifest seen, the primary one last
+    tag_manifests: dict[str, str] = field(default_factory=dict)  # tag → the manifest it was pulled/loaded as
 
     @staticmethod
     def from_json(data: dict) -> ImageRecord:
         data = dict(data)
         data["layers"] = [LayerRef(**x) for x in data["layers"]]
+        variants = data.get("variants", [])
+        data["variants"] = [
+            Variant(v["manifest"], v["media_type"], [LayerRef(**x) for x in v["layers"]]) for v in variants
+        ]
         return ImageRecord(**data)
 
     @property
     def blobs(self) -> set[str]:
-        return {self.id, self.manifest, *(x.digest for x in self.layers)}
+        out = {self.id, self.manifest, *(x.digest for x in self.layers)}
+        for v in self.variants:
+            out |= {v.manifest, *(x.digest for x in v.layers)}
+        return out
 
 
 def atomic_write(path: Path, data: bytes, tmp: Path) -> None:

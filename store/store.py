@@ -24,7 +24,7 @@ from .blobs import BlobStore, BlobWriter
 from .compression import DECOMPRESS_ERRORS, open_decompressed
 from .containers import Container, ContainerIndex
 from .errors import Ambiguous, Conflict, InvalidInput, NotFound
-from .images import ImageIndex, ImageRecord, LayerRef
+from .images import ImageIndex, ImageRecord, LayerRef, Variant
 from .layers import LayerStore, chain_ids
 
 
@@ -145,6 +145,16 @@ class Store:
     def manifest(self, image: ImageRecord) -> bytes:
         return self.blobs.read(image.manifest)
 
+    def variant(self, image: ImageRecord, tag: str | None = None) -> Variant:
+        """The manifest to serve for `tag` (a full reference): the one it came as, if all its blobs are
+        here (a layer that already existed is never fetched again in another compression), else the
+        primary one."""
+        wanted = image.tag_manifests.get(tag or "", image.manifest)
+        for v in image.variants:
+            if v.manifest == wanted and all(self.blobs.has(d) for d in [v.manifest, *(x.digest for x in v.layers)]):
+                return v
+        return Variant(image.manifest, image.manifest_media_type, image.layers)
+
     def chain(self, image: ImageRecord) -> list[str]:
         return chain_ids([x.diff_id for x in image.layers])
 
@@ -261,6 +271,9 @@ class Store:
                 repo_digests=sorted(set((old.repo_digests if old else []) + ([repo_digest] if repo_digest else []))),
                 parent=parent or (old.parent if old else None),
                 last_tag_time=old.last_tag_time if old else None,
+                variants=[v for v in (old.variants if old else []) if v.manifest != manifest_digest]
+                + [Variant(manifest_digest, manifest_media_type, layers)],
+                tag_manifests={**(old.tag_manifests if old else {}), **{str(t): manifest_digest for t in tags}},
             )
             for c in self.chain(record):
                 if not self.layers.has(c):

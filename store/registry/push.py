@@ -68,7 +68,8 @@ async def push_async(
     if ref.digest:
         raise InvalidInput(f"cannot push a digest reference: {name}")
     record = store.resolve(str(ref))
-    manifest_bytes = store.manifest(record)
+    variant = store.variant(record, str(ref))  # the manifest this tag came as, so its digest is kept
+    manifest_bytes = store.blobs.read(variant.manifest)
     try:
         manifest = json.loads(manifest_bytes)
         descs = [*reversed(manifest["layers"]), manifest["config"]]
@@ -131,7 +132,7 @@ async def push_async(
                     if desc is not manifest["config"]:
                         reporter.layer(_short(desc["digest"]), "Preparing")
                     nursery.start_soon(push_blob, desc, desc is manifest["config"])
-            digest = await reg.put_manifest(repo, ref.tag or "latest", manifest_bytes, record.manifest_media_type)
+            digest = await reg.put_manifest(repo, ref.tag or "latest", manifest_bytes, variant.media_type)
     finally:
         reporter.close()
     if digest != result.digest:
@@ -140,9 +141,9 @@ async def push_async(
     await trio.to_thread.run_sync(
         lambda: store.add_image(
             config_bytes,
-            record.layers,
+            variant.layers,
             manifest_bytes=manifest_bytes,
-            manifest_media_type=record.manifest_media_type,
+            manifest_media_type=variant.media_type,
             repo_digest=f"{ref.name}@{digest}",
         )
     )

@@ -237,3 +237,23 @@ def test_load_a_tar_of_an_oci_layout_with_a_nested_index(root: Path, image_layou
     index = json.loads((image_layouts / "oci/multiarch/index.json").read_text())
     by_tag = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
     assert {r.manifest for r in s.images.all()} == {by_tag["amd64"], by_tag["arm64"]}
+
+
+def test_each_tag_keeps_the_manifest_it_came_with(root: Path, image_layouts: Path, tmp_path: Path) -> None:
+    """layered:latest (gzip) and layered:zstd share a config: one image, two manifests, each kept."""
+    layout = image_layouts / "oci/layered"
+    index = json.loads((layout / "index.json").read_text())
+    by_tag = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+    for tag in ("latest", "zstd"):
+        one = tmp_path / tag
+        skopeo("copy", "-q", "--preserve-digests", f"oci:{layout}:{tag}", f"oci:{one}:{tag}")
+        one_index = json.loads((one / "index.json").read_text())
+        one_index["manifests"][0]["annotations"]["io.containerd.image.name"] = f"example.com/layered:{tag}"
+        (one / "index.json").write_text(json.dumps(one_index))
+        strata(root, "load", "-i", str(one))
+    assert len(Store(root).images.all()) == 1
+    for tag in ("latest", "zstd"):
+        out = tmp_path / f"out-{tag}"
+        strata(root, "save", "--format", "oci", "-o", str(out), f"example.com/layered:{tag}")
+        saved = json.loads((out / "index.json").read_text())["manifests"][0]["digest"]
+        assert saved == by_tag[tag], tag
