@@ -294,9 +294,14 @@ class Store:
         self.images.put(record)
 
     def tag(self, source: str, target: str) -> None:
+        """Tag an image; a tag made from a tag serves the same manifest as its source."""
         ref = reference.parse(target)
         with self.lock():
-            self._set_tags(self.resolve(source), [ref])
+            record = self.resolve(source)
+            named = _named_tag(source, self.images.tags(), record.id)
+            if named is not None and named in record.tag_manifests:
+                record.tag_manifests[str(ref)] = record.tag_manifests[named]
+            self._set_tags(record, [ref])
 
     # -- removing --------------------------------------------------------------------------------
     def remove(self, name: str, force: bool = False, prune: bool = True) -> list[Event]:

@@ -78,7 +78,7 @@ def image_rows(
                     r.id,
                     ref.familiar_name,
                     ref.tag or "<none>",
-                    digests.get(ref.name, "<none>"),
+                    _tag_digest(r, ref, digests),
                     created,
                     size,
                     labels,
@@ -91,6 +91,14 @@ def image_rows(
     rows = [x for x in rows if all(check(x) for check in checks)]
     rows.sort(key=lambda x: (x.created, x.id), reverse=True)
     return rows
+
+
+def _tag_digest(r: ImageRecord, ref: reference.Reference, by_repo: dict[str, str]) -> str:
+    """The digest this tag has in its repository: the manifest it came as, if pushed or pulled there."""
+    own = r.tag_manifests.get(str(ref))
+    if own and f"{ref.name}@{own}" in r.repo_digests:
+        return own
+    return by_repo.get(ref.name, "<none>")
 
 
 def _filter(store: Store, text: str):  # type: ignore[no-untyped-def]
