@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev
-              skopeo umoci fuse-overlayfs docker-registry jq zstd attr curl openssl tar gzip)
+              skopeo umoci fuse-overlayfs docker-registry jq zstd attr curl openssl tar gzip podman buildah crun runc)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
