@@ -232,7 +232,7 @@ def plot(result: dict, path: Path, summary: dict | None = None) -> list[str]:
             ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(xt))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(x) for x in xt]))
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.set_title(f"{METRICS[metric][1]}  [{fixed}]", fontsize=8)
+            ax.set_title(f"{METRICS[metric][1].split(' (')[0]}  [{fixed}]", fontsize=8)
             ax.set_xlabel(xname, fontsize=8)
             ax.set_ylabel(f"cost, {unit}", fontsize=8)
             ax.tick_params(labelsize=7)
