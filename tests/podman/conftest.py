@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,9 +67,9 @@ class Storage:
         self.base = base
         self.program = program
         self.graph = base / "root"
-        self.run = base / "runroot"
+        self.run = Path(tempfile.mkdtemp(prefix="strata-rr-"))  # podman: runroot < 50 characters
         self.tmp = base / "tmp"
-        for d in (self.graph, self.run, self.tmp):
+        for d in (self.graph, self.tmp):
             d.mkdir(parents=True)
         self.storage_conf = base / "storage.conf"
         self.storage_conf.write_text(
@@ -184,11 +185,12 @@ class Storage:
         with open("/proc/mounts") as f:
             for line in f:
                 mp = line.split()[1].replace("\\040", " ")
-                if mp == str(self.base) or mp.startswith(str(self.base) + "/"):
+                if any(mp == str(d) or mp.startswith(f"{d}/") for d in (self.base, self.run)):
                     mounts.append(mp)
         for mp in sorted(mounts, reverse=True):  # FUSE leftovers, then the private bind of $G/overlay
             subprocess.run(["umount", "-l", mp], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
+        shutil.rmtree(self.run, ignore_errors=True)
 
 
 @pytest.fixture
