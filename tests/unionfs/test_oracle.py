@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,10 @@ modes = st.sampled_from([0o644, 0o600, 0o755, 0o700, 0o4755, 0o1777])
 xnames = st.sampled_from(["user.x", "user.y"])
 targets = st.sampled_from(["a", "../b", "/nowhere", "c/a"])
 
+files = st.tuples(st.just("file"), paths, st.binary(max_size=24), modes)
 entries = st.one_of(
-    st.tuples(st.just("file"), paths, st.binary(max_size=24), modes),
+    files,
+    files,
     st.tuples(st.just("dir"), paths, modes, st.booleans()),
     st.tuples(st.just("symlink"), paths, targets),
     st.tuples(st.just("hardlink"), paths, paths),
@@ -38,11 +42,11 @@ entries = st.one_of(
     st.tuples(st.just("fifo"), paths),
     st.tuples(st.just("xattr"), paths, xnames, st.binary(min_size=1, max_size=8)),
 )
-layer_stacks = st.lists(st.lists(entries, min_size=2, max_size=14), min_size=1, max_size=3)
+layer_stacks = st.lists(st.lists(entries, min_size=4, max_size=16), min_size=1, max_size=3)
 
 def op_strategy(candidates: list[str]):
     """Operations whose paths mostly name things that exist (the layers' paths) plus fresh names."""
-    p = st.one_of(st.sampled_from(candidates), paths) if candidates else paths
+    p = st.one_of(st.sampled_from(candidates), st.sampled_from(candidates), paths) if candidates else paths
     return st.one_of(
         st.tuples(st.just("write"), p, st.binary(max_size=12), st.booleans()),
         st.tuples(st.just("truncate"), p, st.integers(0, 40)),
@@ -52,6 +56,9 @@ def op_strategy(candidates: list[str]):
         st.tuples(st.just("link"), p, p),
         st.tuples(st.just("unlink"), p),
         st.tuples(st.just("rmdir"), p),
+        st.tuples(st.just("rmtree"), p),
+        st.tuples(st.just("recreate"), p, modes),  # rm -r PATH; mkdir PATH
+        st.tuples(st.just("recreate"), p, modes),
         st.tuples(st.just("mkdir"), p, modes),
         st.tuples(st.just("symlink"), p, targets),
         st.tuples(st.just("setxattr"), p, xnames, st.binary(max_size=6)),
@@ -102,6 +109,16 @@ def apply(root: Path, op: tuple) -> int:
             os.unlink(path)
         elif kind == "rmdir":
             os.rmdir(path)
+        elif kind in ("rmtree", "recreate"):  # rm -r: children first, sorted (same order on both sides)
+            for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+                for n in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
+                    if os.path.lexists(os.path.join(dirpath, n)):  # overlayfs lists stray whiteouts
+                        os.unlink(os.path.join(dirpath, n))
+                for n in sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))):
+                    os.rmdir(os.path.join(dirpath, n))
+            os.rmdir(path)
+            if kind == "recreate":
+                os.mkdir(path, op[2])
         elif kind == "mkdir":
             os.mkdir(path, op[2])
         elif kind == "symlink":
@@ -115,7 +132,19 @@ def apply(root: Path, op: tuple) -> int:
     return 0
 
 
+CASE_TIMEOUT = 120.0
+
+
 def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = True) -> None:
+    timers: list[threading.Timer] = []
+
+    def watchdog(pid: int | None) -> None:
+        """A hung server would hang the test: kill it after a while (requests then fail, ENOTCONN)."""
+        t = threading.Timer(CASE_TIMEOUT, os.kill, (pid, signal.SIGKILL))
+        t.daemon = True
+        t.start()
+        timers.append(t)
+
     base = Path(tempfile.mkdtemp(prefix="strata-oracle-", dir="/var/tmp"))
     m = Mounts()
     try:
@@ -130,7 +159,7 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
             os.chmod(base / d, 0o755)
         m.kernel_overlay(kern, base / "ku", base / "kw", base / "km")
         spec = MountSpec(oci, base / "su", base / "sw", use_index=use_index)
-        mount(spec, base / "sm")
+        watchdog(mount(spec, base / "sm"))
         m.add(base / "sm")
         assert snapshot(base / "sm") == snapshot(base / "km", kernel=True), "initial views differ"
         for op in sequence:
@@ -139,9 +168,11 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
         expected = snapshot(base / "km", kernel=True)
         assert snapshot(base / "sm") == expected
         unmount(base / "sm")
-        mount(spec, base / "sm")
+        watchdog(mount(spec, base / "sm"))
         assert snapshot(base / "sm") == expected, "view changed across a remount"
     finally:
+        for t in timers:
+            t.cancel()
         m.close()
         shutil.rmtree(base, ignore_errors=True)
 
@@ -150,7 +181,7 @@ pytestmark = needs_fuse
 SETTINGS = {"deadline": None, "suppress_health_check": list(HealthCheck)}
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=100, **SETTINGS)
 @given(stack=layer_stacks, data=st.data())
 def test_matches_kernel_overlayfs(stack, data):
     run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=14)))
