@@ -8,6 +8,7 @@ and re-created in the container: commit writes no whiteouts, the deleted files c
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tarfile
@@ -76,16 +77,20 @@ def change_files(m: Path) -> None:
     (m / "newdir/inside.txt").write_text("inside\n")
 
 
-def top_layer_names(oci: Path) -> list[str]:
-    """Entry names of the last (committed) layer of the single image in an OCI layout."""
-    import json
-
+def top_layer(oci: Path) -> dict[str, tuple]:
+    """The entries of the last (committed) layer of the single image in an OCI layout: name ->
+    (type, mode, uid, gid, size, link target, xattrs); no times (new files differ per run)."""
     index = json.loads((oci / "index.json").read_text())
     mdigest = index["manifests"][0]["digest"].split(":")[1]
     manifest = json.loads((oci / "blobs/sha256" / mdigest).read_text())
     ldigest = manifest["layers"][-1]["digest"].split(":")[1]
+    out = {}
     with tarfile.open(oci / "blobs/sha256" / ldigest) as t:
-        return sorted(n.removeprefix("./").rstrip("/") for n in t.getnames())
+        for m in t.getmembers():
+            xattrs = sorted((k, v) for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr."))
+            name = m.name.removeprefix("./").rstrip("/")
+            out[name] = (m.type, oct(m.mode), m.uid, m.gid, m.size, m.linkname, tuple(xattrs))
+    return out
 
 
 def _tree_lines(tree: str) -> list[str]:
@@ -140,7 +145,8 @@ def run_flow(s: Storage, host: str, expected_tree: str, tag: str) -> dict:
         capture_output=True,
         timeout=CMD_TIMEOUT,
     )
-    res["layer"] = top_layer_names(oci)
+    res["layer_meta"] = top_layer(oci)
+    res["layer"] = sorted(res["layer_meta"])
     res["pulled"] = dump_tree(bundle / "rootfs")
     res["pulled_deleted"] = [p for p in DELETED if os.path.lexists(bundle / "rootfs" / p)]
     return res
@@ -193,3 +199,10 @@ def test_strata_same_as_fuse_overlayfs(flow) -> None:
     for wh in ("etc/.wh.motd", "data/.wh.name with spaces.txt", "data/.wh.big.bin", "data/.wh.long"):
         assert wh in got["layer"]
     assert not any(n.startswith(".wh..wh.") or "/.wh..wh." in n for n in got["layer"])
+    # and each entry both have is the same (type, mode, owner, size, link, xattrs)
+    for name in sorted(set(ref["layer"]) & set(got["layer"])):
+        assert got["layer_meta"][name] == ref["layer_meta"][name], name
+    # nothing private to a mount program leaks into the layer
+    for name, meta in got["layer_meta"].items():
+        assert not any(k.startswith(("SCHILY.xattr.trusted.", "SCHILY.xattr.user.fuseoverlayfs")) for k, _ in meta[6])
+        assert not os.path.basename(name).startswith(".wh..strata"), name
