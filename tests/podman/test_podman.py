@@ -165,3 +165,25 @@ def test_podman_strata_same_as_fuse_overlayfs(flow) -> None:
     for key in ref:
         diff = "\n".join(difflib.unified_diff(str(ref[key]).split("\\n"), str(got[key]).split("\\n"), lineterm=""))
         assert got[key] == ref[key], f"{key} (fuse-overlayfs -> strata-overlay):\n{diff}"
+
+
+@pytest.mark.parametrize("prog", list(PROGRAMS))
+def test_buildah_copy_and_run(make_storage, registry, tmp_path: Path, prog: str) -> None:
+    """buildah copy and buildah run mount the container through the program and unmount it again."""
+    s: Storage = make_storage(prog)
+    if shutil.which("runc") is None:
+        pytest.skip("runc not installed (scripts/setup.sh installs it)")
+    image = build_tools_image(s, registry[0])
+    ctr = s.buildah("from", f"--signature-policy={s.policy}", "--name", "runner", image)
+    src = tmp_path / "host.txt"
+    src.write_text("copied from the host\n")
+    s.buildah("copy", ctr, str(src), "/srv/copied.txt")
+    assert s.wait_released() == ([], []), "buildah copy left a mount or a mount-program process"
+    script = "rm -r /srv/shared; echo ran > /etc/ran; /usr/bin/ls -a /srv; /usr/bin/cat /srv/copied.txt /etc/motd"
+    out = s.buildah("run", "--user=0:0", "--network=none", ctr, "--", "/usr/bin/dash", "-c", script)
+    assert out == ".\n..\ncopied.txt\nodd-owner\ncopied from the host\nlayer 1 motd", out
+    assert s.wait_released() == ([], []), "buildah run left a mount or a mount-program process"
+    merged = Path(s.buildah("mount", ctr))  # the run's changes are in the container
+    assert (merged / "etc/ran").read_text() == "ran\n" and not (merged / "srv/shared").exists()
+    s.buildah("umount", ctr)
+    assert s.wait_released() == ([], [])
