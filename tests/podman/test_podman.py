@@ -187,3 +187,31 @@ def test_buildah_copy_and_run(make_storage, registry, tmp_path: Path, prog: str)
     assert (merged / "etc/ran").read_text() == "ran\n" and not (merged / "srv/shared").exists()
     s.buildah("umount", ctr)
     assert s.wait_released() == ([], [])
+
+
+@pytest.mark.parametrize("prog", list(PROGRAMS))
+def test_parallel_podman_runs(make_storage, registry, prog: str) -> None:
+    """Four containers of one image at once: four mount programs, each container sees its own writes."""
+    s: Storage = make_storage(prog)
+    if shutil.which("runc") is None:
+        pytest.skip("runc not installed (scripts/setup.sh installs it)")
+    image = build_tools_image(s, registry[0])
+    procs = [
+        subprocess.Popen(
+            ["podman", *s._common(), "run", "--rm", "--network=none", "--user=0:0", "--entrypoint=/usr/bin/dash"]
+            + [image, "-c", f"echo {i} > /tmp/x; /usr/bin/cat /tmp/x /etc/motd"],
+            env=s.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(4)
+    ]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    got = [(p.returncode, out.decode(), err.decode()[-300:]) for p, (out, err) in zip(procs, outs, strict=True)]
+    assert got == [(0, f"{i}\nlayer 1 motd\n", "") for i in range(4)]
+    assert s.wait_released() == ([], [])
