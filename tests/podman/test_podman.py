@@ -1,7 +1,9 @@
-"""podman run on a containers/storage overlay driver with mount_program = fuse-overlayfs / strata-overlay.
+"""podman run / diff / commit and buildah copy / run on a containers/storage overlay driver with
+mount_program = fuse-overlayfs / strata-overlay.
 
-The layered test image has no programs, so the test first adds the host's `cat` and `ls` (with the
-shared libraries they need) in a buildah container, through the mount program, and commits it.
+The layered test image has no programs, so the tests first add a few host tools (dash, cat, ls,
+rm, mkdir, mv, ln, chmod, with the shared libraries they need) in a buildah container, through the
+mount program, and commit it.
 
 Runtime in this sandbox: crun refuses the cgroup setup ("cgroups in hybrid mode not supported,
 drop all controllers from cgroupv2": cgroup v1 plus a cgroup2 mount with the hugetlb controller),
