@@ -202,8 +202,18 @@ def _fs(p: str | os.PathLike) -> bytes:
     return os.fsencode(os.path.realpath(p))
 
 
-_META = attrgetter("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
-                   "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blocks")
+_META = attrgetter(
+    "st_mode",
+    "st_nlink",
+    "st_uid",
+    "st_gid",
+    "st_rdev",
+    "st_size",
+    "st_atime_ns",
+    "st_mtime_ns",
+    "st_ctime_ns",
+    "st_blocks",
+)
 _LW = len(WH_PREFIX)
 
 

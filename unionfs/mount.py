@@ -102,10 +102,14 @@ def _options(spec: MountSpec) -> set[str]:
     return opts
 
 
-def _serve(ops, mp: Path, opts: set[str], ready_fd: int | None) -> None:
-    """Mount and run the FUSE loop until unmounted or SIGINT/SIGTERM."""
+def _serve(ops, mp: Path, opts: set[str], ready_fd: int | None, work: Path | None = None) -> None:
+    """Mount and run the FUSE loop until unmounted or SIGINT/SIGTERM (writable mounts: pausable)."""
     import pyfuse3
     import trio
+
+    from . import pause
+
+    gate = pause.install(ops) if work is not None and "ro" not in opts else None
 
     try:
         pyfuse3.init(ops, str(mp), opts)
@@ -131,6 +135,8 @@ def _serve(ops, mp: Path, opts: set[str], ready_fd: int | None) -> None:
                         return
 
             nursery.start_soon(watch)
+            if gate is not None:
+                nursery.start_soon(pause.serve_signals, gate, work / pause.FLAG_NAME)
             await pyfuse3.main(max_tasks=32)
             nursery.cancel_scope.cancel()
 
@@ -148,11 +154,12 @@ def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | 
     """
     ops, mp = _prepare(spec, Path(mountpoint))
     opts = _options(spec)
+    work = Path(os.path.realpath(spec.work)) if spec.work is not None else None
     if foreground:
         if spec.debug:
             logging.basicConfig(level=logging.DEBUG)
         os.umask(0)
-        _serve(ops, mp, opts, None)
+        _serve(ops, mp, opts, None, work)
         return None
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -171,7 +178,7 @@ def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | 
                 os.close(null)
             os.closerange(3, wfd)  # inherited descriptors (e.g. a caller's pipes) must not stay open
             os.closerange(wfd + 1, 65536)
-            _serve(ops, mp, opts, wfd)
+            _serve(ops, mp, opts, wfd, work)
         except BaseException:  # noqa: BLE001
             os._exit(1)
         os._exit(0)

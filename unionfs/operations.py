@@ -193,8 +193,12 @@ class UnionOperations(pyfuse3.Operations):
         isdir = stat.S_ISDIR(st.st_mode)
         ino = self.umap.get(st.st_ino)
         if ino is None:
-            if (lo >= 0 and self.lo.is_dir(lo) == isdir and (isdir or self.lo.stat(lo)[1] == 1)
-                    and self.lo.ino(lo) not in self.nodes):
+            if (
+                lo >= 0
+                and self.lo.is_dir(lo) == isdir
+                and (isdir or self.lo.stat(lo)[1] == 1)
+                and self.lo.ino(lo) not in self.nodes
+            ):
                 ino = self.lo.ino(lo)
             else:
                 ino = self._new_ino()
@@ -221,8 +225,18 @@ class UnionOperations(pyfuse3.Operations):
             a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
             a.attr_timeout = UPPER_TIMEOUT
         else:
-            (a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size,
-             a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns, a.st_blocks) = self.lo.stat(node.lower)
+            (
+                a.st_mode,
+                a.st_nlink,
+                a.st_uid,
+                a.st_gid,
+                a.st_rdev,
+                a.st_size,
+                a.st_atime_ns,
+                a.st_mtime_ns,
+                a.st_ctime_ns,
+                a.st_blocks,
+            ) = self.lo.stat(node.lower)
             a.attr_timeout = LOWER_TIMEOUT
         if node.isdir and node.lower >= 0:
             a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
@@ -248,8 +262,9 @@ class UnionOperations(pyfuse3.Operations):
                         if n != OPAQUE_NAME:
                             hidden.add(n[4:])
                         continue
-                    if not (de.is_dir(follow_symlinks=False) or de.is_file(follow_symlinks=False)
-                            or de.is_symlink()) and is_whiteout_stat(de.stat(follow_symlinks=False)):
+                    if not (
+                        de.is_dir(follow_symlinks=False) or de.is_file(follow_symlinks=False) or de.is_symlink()
+                    ) and is_whiteout_stat(de.stat(follow_symlinks=False)):
                         hidden.add(n)
                         continue
                     names[n] = -1
@@ -369,7 +384,7 @@ class UnionOperations(pyfuse3.Operations):
                     n.paths[i] = dst
                     changed = True
                 elif p.startswith(pre):
-                    n.paths[i] = dst + p[len(src):]
+                    n.paths[i] = dst + p[len(src) :]
                     changed = True
                     n.upper = True
                     if n.isdir:
@@ -487,8 +502,17 @@ class UnionOperations(pyfuse3.Operations):
         root = self.up.root if self.up is not None else (self.lo.lowers[0] if self.lo.lowers else b"/")
         s = os.statvfs(root)
         r = pyfuse3.StatvfsData()
-        for f in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail",
-                  "f_namemax"):
+        for f in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
             setattr(r, f, getattr(s, f))
         return r
 
@@ -524,8 +548,9 @@ class UnionOperations(pyfuse3.Operations):
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
 
     @_fuse_errors
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent, path, _ = self._prepare_new(parent_inode, name)
         uid, gid, mode = self._owner(parent, ctx, mode)
         real = self.up.real(path)  # type: ignore[union-attr]
@@ -538,8 +563,9 @@ class UnionOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fd), self._attr(node, st)
 
     @_fuse_errors
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         if stat.S_ISCHR(mode) and rdev == 0:
             raise _err(errno.EPERM)
         parent, path, _ = self._prepare_new(parent_inode, name)
@@ -552,8 +578,9 @@ class UnionOperations(pyfuse3.Operations):
         return self._attr(self._register_new(path, st, K_FILE), st)
 
     @_fuse_errors
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent, path, had_wh = self._prepare_new(parent_inode, name)
         uid, gid, mode = self._owner(parent, ctx, mode | stat.S_IFDIR)
         up = self.up
@@ -570,8 +597,9 @@ class UnionOperations(pyfuse3.Operations):
         return self._attr(self._register_new(path, st, kind), st)
 
     @_fuse_errors
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent, path, _ = self._prepare_new(parent_inode, name)
         uid, gid, _m = self._owner(parent, ctx, stat.S_IFLNK)
         real = self.up.real(path)  # type: ignore[union-attr]
@@ -581,8 +609,9 @@ class UnionOperations(pyfuse3.Operations):
         return self._attr(self._register_new(path, st, K_FILE), st)
 
     @_fuse_errors
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         up = self._rw()
         node = self._node(inode)
         if node.isdir:
@@ -596,8 +625,14 @@ class UnionOperations(pyfuse3.Operations):
         return self._attr(node)
 
     @_fuse_errors
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         up = self._rw()
         node = self._node(inode)
         if node.isdir:
@@ -611,8 +646,12 @@ class UnionOperations(pyfuse3.Operations):
             else:
                 os.truncate(real, attr.st_size)
         if fields.update_uid or fields.update_gid:
-            os.chown(real, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1,
-                     follow_symlinks=False)
+            os.chown(
+                real,
+                attr.st_uid if fields.update_uid else -1,
+                attr.st_gid if fields.update_gid else -1,
+                follow_symlinks=False,
+            )
         if fields.update_mode and not stat.S_ISLNK(os.lstat(real).st_mode):
             os.chmod(real, stat.S_IMODE(attr.st_mode))
         if fields.update_atime or fields.update_mtime:
@@ -679,8 +718,15 @@ class UnionOperations(pyfuse3.Operations):
             await self._copy_up(node)
 
     @_fuse_errors
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
-                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         up = self._rw()
         self._check_name(name_new)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:

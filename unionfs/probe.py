@@ -16,8 +16,18 @@ from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat
 
 
 def _st(st: os.stat_result) -> Stat:
-    return (st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_size,
-            st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_blocks)
+    return (
+        st.st_mode,
+        st.st_nlink,
+        st.st_uid,
+        st.st_gid,
+        st.st_rdev,
+        st.st_size,
+        st.st_atime_ns,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_blocks,
+    )
 
 
 class ProbeLower:

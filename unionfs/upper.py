@@ -200,7 +200,7 @@ class Upper:
     def move_tree(self, src: bytes, dst: bytes) -> None:
         """Re-key *src* and everything below it to *dst* (after a rename on disk)."""
         pre = src + b"/"
-        moved = {dst + k[len(src):]: v for k, v in self.kinds.items() if k.startswith(pre)}
+        moved = {dst + k[len(src) :]: v for k, v in self.kinds.items() if k.startswith(pre)}
         for k in [k for k in self.kinds if k.startswith(pre)]:
             del self.kinds[k]
         kind = self.kinds.pop(src, None)

@@ -20,3 +20,13 @@ def mounts():
         yield m
     finally:
         m.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests of this directory run only when asked for (-m slow or STRATA_SLOW=1)."""
+    if "slow" in (config.option.markexpr or "") or os.environ.get("STRATA_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or STRATA_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords and "unionfs" in str(item.fspath):
+            item.add_marker(skip)

@@ -39,8 +39,7 @@ def test_parse_container_storage_forms(dirs, tmp_path) -> None:
     link.symlink_to("l1")  # relative symlink, as in $G/overlay/l/
     lower = f"{link}:{dirs['l2']}"
     for tail in (",,volatile", ",", ""):
-        a = parse_args(["-o", f"lowerdir={lower},upperdir={dirs['up']},workdir={dirs['work']}{tail}",
-                        str(dirs["mnt"])])
+        a = parse_args(["-o", f"lowerdir={lower},upperdir={dirs['up']},workdir={dirs['work']}{tail}", str(dirs["mnt"])])
         assert a["lowers"] == [dirs["l1"].resolve(), dirs["l2"].resolve()]
         assert a["upper"] == dirs["up"].resolve() and not a["foreground"]
     ro = parse_args(["-o", f"lowerdir={lower}", str(dirs["mnt"])])
@@ -50,9 +49,11 @@ def test_parse_container_storage_forms(dirs, tmp_path) -> None:
 def test_parse_escaped_colon_and_ignored_options(dirs, tmp_path) -> None:
     odd = tmp_path / "with:colon"
     odd.mkdir()
-    opts = (f"lowerdir={str(odd).replace(':', chr(92) + ':')}:{dirs['l2']},upperdir={dirs['up']},"
-            f"workdir={dirs['work']},fsync=0,noacl,xino=auto,timeout=5,default_permissions,"
-            "uidmapping=0:0:65536,gidmapping=0:0:100:100:100:50,threaded=1")
+    opts = (
+        f"lowerdir={str(odd).replace(':', chr(92) + ':')}:{dirs['l2']},upperdir={dirs['up']},"
+        f"workdir={dirs['work']},fsync=0,noacl,xino=auto,timeout=5,default_permissions,"
+        "uidmapping=0:0:65536,gidmapping=0:0:100:100:100:50,threaded=1"
+    )
     a = parse_args(["-f", "-o", opts, str(dirs["mnt"])])
     assert a["lowers"][0] == odd.resolve() and a["foreground"]
     # mount.fuse3 style: SOURCE MOUNTPOINT -o OPTS
@@ -61,14 +62,17 @@ def test_parse_escaped_colon_and_ignored_options(dirs, tmp_path) -> None:
     assert parse_args(["-d", "-o", f"lowerdir={dirs['l1']}", str(dirs["mnt"])])["debug"]
 
 
-@pytest.mark.parametrize("opts, message", [
-    ("lowerdir={l1},frobnicate", "unknown option 'frobnicate'"),
-    ("lowerdir={l1},uidmapping=0:1000:1", "only identity"),
-    ("lowerdir={l1},squash_to_root", "not supported"),
-    ("lowerdir=/does/not/exist", "does not exist"),
-    ("upperdir={up},workdir={work}", "no lowerdir"),
-    ("lowerdir={l1},upperdir={up}", "together"),
-])
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        ("lowerdir={l1},frobnicate", "unknown option 'frobnicate'"),
+        ("lowerdir={l1},uidmapping=0:1000:1", "only identity"),
+        ("lowerdir={l1},squash_to_root", "not supported"),
+        ("lowerdir=/does/not/exist", "does not exist"),
+        ("upperdir={up},workdir={work}", "no lowerdir"),
+        ("lowerdir={l1},upperdir={up}", "together"),
+    ],
+)
 def test_parse_errors(dirs, opts, message) -> None:
     with pytest.raises(UsageError, match=message):
         parse_args(["-o", opts.format(**{k: str(v) for k, v in dirs.items()}), str(dirs["mnt"])])
@@ -87,8 +91,9 @@ def test_bad_input_one_line_nonzero_nothing_mounted(dirs) -> None:
 def test_mounts_like_fuse_overlayfs(dirs, mounts) -> None:
     opts = f"lowerdir={dirs['l1']}:{dirs['l2']},upperdir={dirs['up']},workdir={dirs['work']},,volatile"
     mounts.add(dirs["mnt"])
-    p = subprocess.run([*PROG, "-o", opts, str(dirs["mnt"])], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [*PROG, "-o", opts, str(dirs["mnt"])], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(dirs["mnt"])) == ["bottom", "top"]
     (dirs["mnt"] / "new").write_text("n")
@@ -100,8 +105,12 @@ def test_mounts_like_fuse_overlayfs(dirs, mounts) -> None:
 @needs_fuse
 def test_read_only_without_upperdir(dirs, mounts) -> None:
     mounts.add(dirs["mnt"])
-    p = subprocess.run([*PROG, "-o", f"lowerdir={dirs['l1']}:{dirs['l2']}", str(dirs["mnt"])],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [*PROG, "-o", f"lowerdir={dirs['l1']}:{dirs['l2']}", str(dirs["mnt"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     with pytest.raises(OSError):
         (dirs["mnt"] / "x").write_text("x")
@@ -119,8 +128,7 @@ def test_mount_t_fuse(dirs, mounts) -> None:
         cmd = ["mount", "-t", "fuse.strata-overlay", "strata-overlay", str(dirs["mnt"])]
     else:  # not on the system PATH mount(8) uses: name the program in the source (type#source)
         cmd = ["mount", "-t", "fuse", f"{exe}#strata-overlay", str(dirs["mnt"])]
-    p = subprocess.run([*cmd, "-o", f"lowerdir={dirs['l1']}:{dirs['l2']}"], capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run([*cmd, "-o", f"lowerdir={dirs['l1']}:{dirs['l2']}"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(dirs["mnt"])) == ["bottom", "top"]
     assert mount_state(dirs["mnt"]) == "mounted"

@@ -40,18 +40,50 @@ def mk(root: Path, spec: dict[str, str | None]) -> Path:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> list[Path]:
-    low = mk(tmp_path / "low", {"etc/motd": "m", "etc/passwd": "p", "gone/x": "x", "opq/old": "o",
-                                "file_then_dir": "f", "dir_then_file/y": "y", "keep/a": "a"})
-    top = mk(tmp_path / "top", {"etc/new": "n", ".wh.gone": "", "opq/.wh..wh..opq": "", "opq/newf": "n",
-                                "file_then_dir/z": "z", "dir_then_file": "F", "etc/.wh.passwd": "",
-                                "keep/b": "b"})
+    low = mk(
+        tmp_path / "low",
+        {
+            "etc/motd": "m",
+            "etc/passwd": "p",
+            "gone/x": "x",
+            "opq/old": "o",
+            "file_then_dir": "f",
+            "dir_then_file/y": "y",
+            "keep/a": "a",
+        },
+    )
+    top = mk(
+        tmp_path / "top",
+        {
+            "etc/new": "n",
+            ".wh.gone": "",
+            "opq/.wh..wh..opq": "",
+            "opq/newf": "n",
+            "file_then_dir/z": "z",
+            "dir_then_file": "F",
+            "etc/.wh.passwd": "",
+            "keep/b": "b",
+        },
+    )
     return [top, low]
 
 
 def test_oci_whiteouts_and_opaque(stack: list[Path]) -> None:
     got = paths(build_index(stack))
-    assert sorted(got) == ["/", "/dir_then_file", "/etc", "/etc/motd", "/etc/new", "/file_then_dir",
-                           "/file_then_dir/z", "/keep", "/keep/a", "/keep/b", "/opq", "/opq/newf"]
+    assert sorted(got) == [
+        "/",
+        "/dir_then_file",
+        "/etc",
+        "/etc/motd",
+        "/etc/new",
+        "/file_then_dir",
+        "/file_then_dir/z",
+        "/keep",
+        "/keep/a",
+        "/keep/b",
+        "/opq",
+        "/opq/newf",
+    ]
     assert stat.S_ISDIR(got["/file_then_dir"]) and stat.S_ISREG(got["/dir_then_file"])
 
 
@@ -115,8 +147,12 @@ def test_save_load_roundtrip(stack: list[Path], tmp_path: Path) -> None:
     back = Index.load(tmp_path / "i.idx")
     assert back is not None and back.count == idx.count
     for i in range(idx.count):
-        assert (back.path(i), back.stat(i), back.ino(i), back.layer(i)) == (idx.path(i), idx.stat(i), idx.ino(i),
-                                                                           idx.layer(i))
+        assert (back.path(i), back.stat(i), back.ino(i), back.layer(i)) == (
+            idx.path(i),
+            idx.stat(i),
+            idx.ino(i),
+            idx.layer(i),
+        )
     assert paths(back) == paths(idx)
     (tmp_path / "bad.idx").write_bytes(b"garbage")
     assert Index.load(tmp_path / "bad.idx") is None

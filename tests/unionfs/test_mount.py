@@ -89,8 +89,10 @@ def test_sigterm_unmounts_cleanly(layers, mounts) -> None:
 
 
 def test_daemon_does_not_hold_callers_stderr(layers, mounts) -> None:
-    code = ("import sys; from pathlib import Path; from unionfs.mount import MountSpec, mount;"
-            f"mount(MountSpec([Path({str(layers['low'])!r})]), Path({str(layers['mnt'])!r}))")
+    code = (
+        "import sys; from pathlib import Path; from unionfs.mount import MountSpec, mount;"
+        f"mount(MountSpec([Path({str(layers['low'])!r})]), Path({str(layers['mnt'])!r}))"
+    )
     mounts.add(layers["mnt"])
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     # run() returning at all means EOF was seen on both pipes
@@ -99,9 +101,11 @@ def test_daemon_does_not_hold_callers_stderr(layers, mounts) -> None:
 
 
 def test_foreground_mount_serves_until_unmounted(layers, mounts) -> None:
-    code = ("from pathlib import Path; from unionfs.mount import MountSpec, mount;"
-            f"r = mount(MountSpec([Path({str(layers['low'])!r})]), Path({str(layers['mnt'])!r}), foreground=True);"
-            "print('returned', r)")
+    code = (
+        "from pathlib import Path; from unionfs.mount import MountSpec, mount;"
+        f"r = mount(MountSpec([Path({str(layers['low'])!r})]), Path({str(layers['mnt'])!r}), foreground=True);"
+        "print('returned', r)"
+    )
     mounts.add(layers["mnt"])
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -132,8 +136,13 @@ def test_read_only_mount_refuses_writes(layers, mounts) -> None:
     mount(MountSpec([layers["low"]]), layers["mnt"])
     mounts.add(layers["mnt"])
     m = layers["mnt"]
-    for fn in (lambda: (m / "new").write_text("x"), lambda: os.mkdir(m / "d"), lambda: os.unlink(m / "hello"),
-               lambda: open(m / "hello", "a"), lambda: os.chmod(m / "hello", 0o600)):
+    for fn in (
+        lambda: (m / "new").write_text("x"),
+        lambda: os.mkdir(m / "d"),
+        lambda: os.unlink(m / "hello"),
+        lambda: open(m / "hello", "a"),
+        lambda: os.chmod(m / "hello", 0o600),
+    ):
         with pytest.raises(OSError) as ei:
             fn()
         assert ei.value.errno == errno.EROFS

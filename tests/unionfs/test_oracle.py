@@ -12,6 +12,7 @@ import ctypes
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -43,6 +44,7 @@ entries = st.one_of(
     st.tuples(st.just("xattr"), paths, xnames, st.binary(min_size=1, max_size=8)),
 )
 layer_stacks = st.lists(st.lists(entries, min_size=4, max_size=16), min_size=1, max_size=3)
+
 
 def op_strategy(candidates: list[str]):
     """Operations whose paths mostly name things that exist (the layers' paths) plus fresh names."""
@@ -84,6 +86,21 @@ def _renameat2(src: str, dst: str, flags: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
+def _rm_children(path: str) -> None:
+    """Remove everything below directory *path*, depth first in name order (no symlinks followed)."""
+    for n in sorted(os.listdir(path)):
+        p = os.path.join(path, n)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:  # overlayfs lists stray whiteouts of single-layer directories
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            _rm_children(p)
+            os.rmdir(p)
+        else:
+            os.unlink(p)
+
+
 def apply(root: Path, op: tuple) -> int:
     """Run one operation under *root*; return 0 or the errno it failed with."""
     kind, path = op[0], str(root / op[1])
@@ -110,12 +127,7 @@ def apply(root: Path, op: tuple) -> int:
         elif kind == "rmdir":
             os.rmdir(path)
         elif kind in ("rmtree", "recreate"):  # rm -r: children first, sorted (same order on both sides)
-            for dirpath, dirnames, filenames in os.walk(path, topdown=False):
-                for n in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
-                    if os.path.lexists(os.path.join(dirpath, n)):  # overlayfs lists stray whiteouts
-                        os.unlink(os.path.join(dirpath, n))
-                for n in sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))):
-                    os.rmdir(os.path.join(dirpath, n))
+            _rm_children(path)
             os.rmdir(path)
             if kind == "recreate":
                 os.mkdir(path, op[2])
