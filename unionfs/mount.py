@@ -111,6 +111,13 @@ def _serve(ops, mp: Path, opts: set[str], ready_fd: int | None, work: Path | Non
 
     gate = pause.install(ops) if work is not None and "ro" not in opts else None
 
+    logfile = os.environ.get("STRATA_OVERLAY_LOG")
+    if logfile and ready_fd is not None:
+        logging.basicConfig(
+            filename=logfile,
+            level=logging.DEBUG if "debug" in opts else logging.WARNING,
+            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+        )
     try:
         pyfuse3.init(ops, str(mp), opts)
     except Exception as e:  # noqa: BLE001

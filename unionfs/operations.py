@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -50,15 +51,27 @@ def _dirname(path: bytes) -> bytes:
     return path.rpartition(b"/")[0] or b"/"
 
 
+log = logging.getLogger(__name__)
+
+
 def _fuse_errors(fn: Callable) -> Callable:
-    """Turn OSError into FUSEError with the same errno."""
+    """Turn OSError into FUSEError with the same errno, and any other exception (a bug) into EIO.
+
+    pyfuse3 stops its main loop on an exception that is not a FUSEError, which would kill the
+    whole mount; a bug in one request must only fail that request.
+    """
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kw: Any) -> Any:
         try:
             return await fn(*args, **kw)
+        except pyfuse3.FUSEError:
+            raise
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
 
@@ -433,6 +446,7 @@ class UnionOperations(pyfuse3.Operations):
         self._ref(node)
         return attr
 
+    @_fuse_errors
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             node = self.nodes.get(ino)
@@ -491,9 +505,11 @@ class UnionOperations(pyfuse3.Operations):
                 cur = node
         return self._attr(cur)
 
+    @_fuse_errors
     async def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
 
+    @_fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
 
@@ -536,6 +552,7 @@ class UnionOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return os.pwrite(fh, buf, off)
 
+    @_fuse_errors
     async def flush(self, fh: int) -> None:
         return None
 
