@@ -541,7 +541,13 @@ class UnionOperations(pyfuse3.Operations):
             self._rw()
             await self._copy_up(node, data=not flags & os.O_TRUNC)
         fl = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND)
-        fd = os.open(self._real(node), fl | os.O_NOFOLLOW)
+        if node.upper:
+            fd = os.open(self._real(node), fl | os.O_NOFOLLOW)
+        else:  # reading must not touch the (shared, immutable) lower file's atime
+            try:
+                fd = os.open(self._real(node), fl | os.O_NOFOLLOW | os.O_NOATIME)
+            except PermissionError:
+                fd = os.open(self._real(node), fl | os.O_NOFOLLOW)
         return pyfuse3.FileInfo(fh=fd, keep_cache=not node.upper)
 
     @_fuse_errors
@@ -692,6 +698,10 @@ class UnionOperations(pyfuse3.Operations):
             raise _err(errno.EISDIR)
         path = _join(parent.path, name)
         below = self._lower_child(parent, name) >= 0
+        if not node.upper and self.lo.stat(node.lower)[1] > 1:
+            # a lower hard link: copy the inode up with all its visible links first, so the links
+            # that remain show the right nlink (as overlayfs with index=on does)
+            await self._copy_up(node)
         self._ensure_dir(parent)
         if up.kind(path) == K_FILE:
             real = up.real(path)
