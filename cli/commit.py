@@ -11,7 +11,9 @@ import click
 
 from cli.common import fail, get_store, user_errors
 from store.commit import ChangedPath, commit, write_changeset
-from unionfs.mount import MountError, MountSpec, iter_changes, mount, unmount
+from unionfs.mount import MountError, MountSpec, iter_changes, mount, mount_state, unmount
+from unionfs.pause import pause as pause_writes
+from unionfs.pause import resume as resume_writes
 from unionfs.whiteout import is_private_xattr
 
 
@@ -23,7 +25,9 @@ def _keep_xattr(name: str) -> bool:
 @click.option("-a", "--author", help='Author (e.g. "Jane Doe <jane@example.com>").')
 @click.option("-m", "--message", help="Commit message.")
 @click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction (CMD, ENV, …).")
-@click.option("-p/--no-pause", "--pause", default=True, help="Accepted for Docker compatibility.")
+@click.option(
+    "-p", "--pause/--no-pause", default=True, help="Hold writes through the mount while the layer is captured."
+)
 @click.option("--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip", show_default=True)
 @click.argument("container")
 @click.argument("repository", required=False)
@@ -40,9 +44,23 @@ def commit_cmd(
     """Create a new image from a container's changes."""
     store = get_store()
     stack = store.stack(container)
-    found = iter_changes(stack.lowers, stack.upper, stack.index_cache)
-    changed = [ChangedPath(x.path, x.kind, x.upper_path, x.opaque) for x in found]
-    record = commit(store, stack.image, changed, _keep_xattr, repository, author, message, list(changes), compression)
+    c = stack.container
+    paused = pause and c.mount_pid is not None and c.mountpoint and mount_state(Path(c.mountpoint)) == "mounted"
+    if paused:
+        os.sync()  # what the kernel still holds for the mount goes through first
+        try:
+            pause_writes(c.mount_pid, stack.work)  # type: ignore[arg-type]
+        except TimeoutError as e:
+            fail(str(e))
+    try:
+        found = iter_changes(stack.lowers, stack.upper, stack.index_cache)
+        changed = [ChangedPath(x.path, x.kind, x.upper_path, x.opaque) for x in found]
+        record = commit(
+            store, stack.image, changed, _keep_xattr, repository, author, message, list(changes), compression
+        )
+    finally:
+        if paused:
+            resume_writes(c.mount_pid, stack.work)  # type: ignore[arg-type]
     click.echo(record.id)
 
 
