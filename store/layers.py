@@ -122,9 +122,6 @@ class LayerStore:
         os.rename(home, grave / "x")
         shutil.rmtree(grave, ignore_errors=True)
 
-    def disk_usage(self, chain: str) -> int:
-        return self.get(chain).size
-
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

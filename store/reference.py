@@ -86,10 +86,3 @@ def parse(text: str, default_tag: str | None = "latest") -> Reference:
         tag = default_tag
     return Reference(registry, path, tag, digest)
 
-
-def looks_like_reference(text: str) -> bool:
-    try:
-        parse(text)
-    except InvalidInput:
-        return False
-    return True

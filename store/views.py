@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,7 +102,7 @@ def _tag_digest(r: ImageRecord, ref: reference.Reference, by_repo: dict[str, str
     return by_repo.get(ref.name, "<none>")
 
 
-def _filter(store: Store, text: str):  # type: ignore[no-untyped-def]
+def _filter(store: Store, text: str) -> Callable[[ImageRow], bool]:
     key, sep, value = text.partition("=")
     if not sep:
         raise InvalidInput(f"bad filter {text!r}: expected KEY=VALUE")
