@@ -85,4 +85,3 @@ def parse(text: str, default_tag: str | None = "latest") -> Reference:
     if tag is None and digest is None:
         tag = default_tag
     return Reference(registry, path, tag, digest)
-
