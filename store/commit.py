@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
-from isal import igzip
+from isal import igzip_threaded
 
 from . import changes as config_changes
 from . import digest as dg
@@ -99,7 +99,8 @@ def write_changeset(changes: Iterable[ChangedPath], out: BinaryIO, keep_xattr: C
 
 def _compress(src: BinaryIO, dst: BinaryIO, compression: str) -> None:
     if compression == "gzip":
-        with igzip.GzipFile(fileobj=dst, mode="wb", compresslevel=1, mtime=0) as z:
+        # isal's threaded writer: deflate blocks on every core, the same bytes for the same input
+        with igzip_threaded.open(dst, "wb", compresslevel=1, threads=-1) as z:
             while chunk := src.read(dg.CHUNK):
                 z.write(chunk)
     elif compression == "zstd":

@@ -186,6 +186,8 @@ def test_commit_is_reproducible_and_history_shows_it(root: Path, image: str, mou
     second = strata(root, "commit", "-m", "two", "rep", "r:2").stdout.decode().strip()
     a, b = (json.loads(strata(root, "inspect", t).stdout)[0] for t in ("r:1", "r:2"))
     assert a["RootFS"]["Layers"][-1] == b["RootFS"]["Layers"][-1]  # same state, same diffID
+    s = Store(root)
+    assert s.resolve("r:1").layers[-1].digest == s.resolve("r:2").layers[-1].digest  # and the same blob
     assert first != second and a["Id"] == first
     assert "X=1" in a["Config"]["Env"] and a["Author"] == "me" and a["Parent"] == Store(root).resolve(image).id
     rows = strata(root, "history", "--format", "{{.ID}}|{{.Comment}}", "r:1").stdout.decode().splitlines()
