@@ -147,7 +147,8 @@ def apply(root: Path, op: tuple) -> int:
 CASE_TIMEOUT = 120.0
 
 
-def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = True) -> None:
+def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = True, wh_files: bool = False) -> None:
+    """*wh_files*: strata writes ``.wh.`` whiteout files instead of char devices to its upper."""
     timers: list[threading.Timer] = []
 
     def watchdog(pid: int | None) -> None:
@@ -171,7 +172,12 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
             os.chmod(base / d, 0o755)
         m.kernel_overlay(kern, base / "ku", base / "kw", base / "km")
         spec = MountSpec(oci, base / "su", base / "sw", use_index=use_index)
-        watchdog(mount(spec, base / "sm"))
+        if wh_files:
+            os.environ["FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT"] = "1"
+        try:
+            watchdog(mount(spec, base / "sm"))
+        finally:
+            os.environ.pop("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", None)
         m.add(base / "sm")
         assert snapshot(base / "sm") == snapshot(base / "km", kernel=True), "initial views differ"
         for op in sequence:
@@ -203,6 +209,12 @@ def test_matches_kernel_overlayfs(stack, data):
 @given(stack=layer_stacks, data=st.data())
 def test_noindex_matches_kernel_overlayfs(stack, data):
     run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=10)), use_index=False)
+
+
+@settings(max_examples=20, **SETTINGS)
+@given(stack=layer_stacks, data=st.data())
+def test_wh_file_upper_matches_kernel_overlayfs(stack, data):
+    run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=14)), wh_files=True)
 
 
 @pytest.mark.slow
