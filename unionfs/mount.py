@@ -58,9 +58,12 @@ def _prepare(spec: MountSpec, mountpoint: Path):
     if not spec.lowers:
         raise MountError("no lower directory given")
     lowers = [_check_dir(p, "lower directory") for p in spec.lowers]
+    state = mount_state(Path(os.path.abspath(mountpoint)))
+    if state == "dead":
+        raise MountError(f"{mountpoint} is a dead mount (its server is gone); unmount it first")
+    if state != "unmounted":
+        raise MountError(f"{mountpoint} is already a mount point")
     mp = _check_dir(mountpoint, "mountpoint")
-    if mount_state(mp) != "unmounted":
-        raise MountError(f"{mp} is already a mount point of a strata/FUSE filesystem")
     upper = None
     if spec.upper is not None:
         up = _check_dir(spec.upper, "upper directory")

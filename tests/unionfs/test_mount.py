@@ -75,6 +75,8 @@ def test_killed_server_is_dead_and_unmount_cleans(layers, mounts) -> None:
     os.kill(pid, signal.SIGKILL)
     assert _wait_gone(pid)
     assert mount_state(layers["mnt"]) == "dead"
+    with pytest.raises(MountError, match="dead mount"):
+        mount(MountSpec([layers["low"]]), layers["mnt"])
     unmount(layers["mnt"])
     assert mount_state(layers["mnt"]) == "unmounted"
     unmount(layers["mnt"])  # idempotent
