@@ -101,15 +101,19 @@ def split_escaped(s: str, sep: str) -> list[str]:
 
 
 def _split_options(s: str) -> list[str]:
-    """Split an -o string on commas that are not escaped (keeping the escapes for later)."""
+    """Split an -o string on commas that are neither escaped nor inside double quotes
+    (``context="...:c1,c2"``), keeping the escapes for later."""
     out, cur, i = [], [], 0
+    quoted = False
     while i < len(s):
         c = s[i]
         if c == "\\" and i + 1 < len(s):
             cur.append(s[i : i + 2])
             i += 2
             continue
-        if c == ",":
+        if c == '"':
+            quoted = not quoted
+        if c == "," and not quoted:
             out.append("".join(cur))
             cur = []
         else:
