@@ -320,7 +320,13 @@ class UnionOperations(pyfuse3.Operations):
         if self._groups is None:
             groups: dict[int, list[int]] = {}
             lo = self.lo
-            for i in range(lo.count):
+            meta = getattr(lo, "meta", None)
+            if meta is not None:  # Index: scan the nlink column with array slicing
+                w = len(meta) // lo.count
+                candidates = [i for i, n in enumerate(meta[1::w]) if n > 1]
+            else:
+                candidates = range(lo.count)
+            for i in candidates:
                 s = lo.stat(i)
                 if s[1] > 1 and not stat.S_ISDIR(s[0]):
                     groups.setdefault(lo.ino(i), []).append(i)
