@@ -35,6 +35,9 @@ class BlobWriter:
         self.size += len(data)
         return len(data)
 
+    def flush(self) -> None:
+        """Nothing to do: the blob is flushed and fsynced when its `writer` block ends."""
+
     def current_digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -16,11 +18,10 @@ import zstandard
 from isal import igzip_threaded
 
 from . import changes as config_changes
-from . import digest as dg
 from . import mediatypes as mt
 from . import reference
 from .blobs import tmp_prefix
-from .images import ImageRecord
+from .images import ImageRecord, LayerRef
 from .layers import chain_ids
 from .store import Store, now_rfc3339
 
@@ -97,18 +98,31 @@ def write_changeset(changes: Iterable[ChangedPath], out: BinaryIO, keep_xattr: C
                 tar.addfile(_marker(name + "/.wh..wh..opq"))
 
 
-def _compress(src: BinaryIO, dst: BinaryIO, compression: str) -> None:
+@contextmanager
+def _compressor(dst: BinaryIO, compression: str) -> Iterator[BinaryIO]:
+    """A writer that compresses into `dst` on every core (same bytes for the same input)."""
     if compression == "gzip":
-        # isal's threaded writer: deflate blocks on every core, the same bytes for the same input
         with igzip_threaded.open(dst, "wb", compresslevel=1, threads=-1) as z:
-            while chunk := src.read(dg.CHUNK):
-                z.write(chunk)
+            yield z  # type: ignore[misc]
     elif compression == "zstd":
-        cctx = zstandard.ZstdCompressor(level=3, threads=-1)
-        cctx.copy_stream(src, dst)
+        with zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(dst, closefd=False) as z:
+            yield z  # type: ignore[misc]
     else:
-        while chunk := src.read(dg.CHUNK):
-            dst.write(chunk)
+        yield dst
+
+
+class _Fanout:
+    """The layer tar goes once through: the diffID hash, the compressor, and a plain copy to unpack."""
+
+    def __init__(self, *sinks: BinaryIO) -> None:
+        self.sinks = sinks
+        self.hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        for s in self.sinks:
+            s.write(data)
+        return len(data)
 
 
 def commit(
@@ -126,23 +140,18 @@ def commit(
     ref = reference.parse(tag) if tag else None
     config = json.loads(store.blobs.read(image.id))
     container_config = config_changes.apply(dict(config.get("config") or {}), list(config_edits))
+    parent = chain_ids([x.diff_id for x in image.layers])[-1] if image.layers else None
+    store.hold_ingest_lease()
     with tempfile.TemporaryDirectory(dir=store.blobs.tmp, prefix=tmp_prefix("commit")) as work:
-        plain, packed = Path(work) / "layer.tar", Path(work) / "layer.blob"
-        with open(plain, "wb") as f:
-            write_changeset(changes, f, keep_xattr)
+        plain = Path(work) / "layer.tar"
+        with store.blobs.writer(what="committed layer") as blob, open(plain, "wb") as copy:
+            with _compressor(blob, compression) as packed:  # type: ignore[arg-type]
+                fan = _Fanout(copy, packed)
+                write_changeset(changes, fan, keep_xattr)  # type: ignore[arg-type]
+        diff_id = "sha256:" + fan.hash.hexdigest()
         with open(plain, "rb") as f:
-            diff_id = dg.HashingReader(f)
-            diff_id.drain()
-        with open(plain, "rb") as src, open(packed, "wb") as dst:
-            _compress(src, dst, compression)
-        with open(packed, "rb") as f:
-            layer = store.ingest_layer(
-                f,
-                chain_ids([x.diff_id for x in image.layers])[-1] if image.layers else None,
-                diff_id.digest,
-                mt.layer_type_for(compression),
-                what="committed layer",
-            )
+            unpacked = store.layers.unpack(f, parent, diff_id, "committed layer")  # verifies the diffID again
+    layer = LayerRef(blob.digest, mt.layer_type_for(compression), blob.size, unpacked.diff_id)
     created = now_rfc3339()
     config["config"] = container_config
     config["created"] = created
