@@ -69,6 +69,46 @@ def build_layer(root: Path, entries: list[tuple], kernel_form: bool) -> None:
         kinds[path] = "dir" if kind == "dir" else ("file" if kind in ("file", "hardlink") else kind)
 
 
+def record(p: str | Path, st: os.stat_result | None = None) -> dict:
+    """What snapshot() records about one entry."""
+    st = st or os.lstat(p)
+    rec: dict = {"fmt": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+    if stat.S_ISREG(st.st_mode):
+        rec["size"] = st.st_size
+        rec["data"] = Path(p).read_bytes()
+    if stat.S_ISLNK(st.st_mode):
+        rec["target"] = os.readlink(p)
+    if not stat.S_ISDIR(st.st_mode):
+        rec["nlink"] = st.st_nlink
+    if not stat.S_ISLNK(st.st_mode):
+        rec["xattrs"] = {n: os.getxattr(p, n) for n in sorted(os.listxattr(p)) if n.startswith("user.")}
+    return rec
+
+
+def apply_changes(before: dict, changes) -> dict:
+    """The tree *before* (a snapshot) with iter_changes() output applied, as docker would apply a diff
+    (nlink and hard-link groups dropped: a change list does not carry them)."""
+    tree = {k: v for k, v in before.items() if k != "#links"}
+
+    def drop_below(rel: str) -> None:
+        for k in [k for k in tree if k.startswith(rel + "/")]:
+            del tree[k]
+
+    for c in changes:
+        rel = c.path.lstrip("/")
+        if c.kind == "D":
+            tree.pop(rel, None)
+            drop_below(rel)
+            continue
+        rec = record(c.upper_path)
+        if c.opaque or rec["fmt"] != stat.S_IFDIR:
+            drop_below(rel)
+        tree[rel] = rec
+    for v in tree.values():
+        v.pop("nlink", None)
+    return tree
+
+
 def snapshot(root: Path, kernel: bool = False) -> dict:
     """Everything observable about a tree (no timestamps, no directory sizes/nlink).
 
@@ -88,22 +128,9 @@ def snapshot(root: Path, kernel: bool = False) -> dict:
                 if kernel:
                     continue
                 raise
-            rec: dict = {
-                "fmt": stat.S_IFMT(st.st_mode),
-                "mode": stat.S_IMODE(st.st_mode),
-                "uid": st.st_uid,
-                "gid": st.st_gid,
-            }
-            if stat.S_ISREG(st.st_mode):
-                rec["size"] = st.st_size
-                rec["data"] = Path(p).read_bytes()
-            if stat.S_ISLNK(st.st_mode):
-                rec["target"] = os.readlink(p)
+            rec = record(p, st)
             if not stat.S_ISDIR(st.st_mode):
-                rec["nlink"] = st.st_nlink
                 inodes.setdefault(st.st_ino, []).append(rel)
-            if not stat.S_ISLNK(st.st_mode):
-                rec["xattrs"] = {n: os.getxattr(p, n) for n in sorted(os.listxattr(p)) if n.startswith("user.")}
             out[rel] = rec
     out["#links"] = sorted(sorted(v) for v in inodes.values() if len(v) > 1)
     return out

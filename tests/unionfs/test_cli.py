@@ -61,8 +61,9 @@ def test_parse_escaped_colon_and_ignored_options(dirs, tmp_path) -> None:
     assert b["mountpoint"] == dirs["mnt"] and b["allow_other"]
     assert parse_args(["-d", "-o", f"lowerdir={dirs['l1']}", str(dirs["mnt"])])["debug"]
     # SELinux label from containers/storage: quoted, with a comma inside
-    c = parse_args(["-o", f'lowerdir={dirs["l1"]},context="system_u:object_r:container_file_t:s0:c1,c2"',
-                    str(dirs["mnt"])])
+    c = parse_args(
+        ["-o", f'lowerdir={dirs["l1"]},context="system_u:object_r:container_file_t:s0:c1,c2"', str(dirs["mnt"])]
+    )
     assert c["lowers"] == [dirs["l1"].resolve()]
 
 

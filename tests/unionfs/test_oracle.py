@@ -21,10 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from unionfs.changes import iter_changes
 from unionfs.mount import MountSpec, mount, unmount
 
 from .conftest import needs_fuse
-from .helpers import Mounts, build_layer, snapshot
+from .helpers import Mounts, apply_changes, build_layer, snapshot
 
 NAMES = ["a", "b", "c"]
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
@@ -179,13 +180,19 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
         finally:
             os.environ.pop("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", None)
         m.add(base / "sm")
-        assert snapshot(base / "sm") == snapshot(base / "km", kernel=True), "initial views differ"
+        before = snapshot(base / "sm")
+        assert before == snapshot(base / "km", kernel=True), "initial views differ"
         for op in sequence:
             rs, rk = apply(base / "sm", op), apply(base / "km", op)
             assert (op, os.strerror(rs) if rs else "ok") == (op, os.strerror(rk) if rk else "ok")
         expected = snapshot(base / "km", kernel=True)
         assert snapshot(base / "sm") == expected
         unmount(base / "sm")
+        # the change list, applied to the lower view, gives the merged view
+        changed = apply_changes(before, iter_changes(oci, base / "su"))
+        assert changed == {
+            k: {f: x for f, x in v.items() if f != "nlink"} for k, v in expected.items() if k != "#links"
+        }, "iter_changes() does not reproduce the merged tree"
         watchdog(mount(spec, base / "sm"))
         assert snapshot(base / "sm") == expected, "view changed across a remount"
     finally:
