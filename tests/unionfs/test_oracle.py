@@ -164,6 +164,8 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
     try:
         oci, kern = [], []
         for i, layer in enumerate(stack):
+            if i:  # hard links only in the top layer: overlayfs counts links hidden by higher layers
+                layer = [e for e in layer if e[0] != "hardlink"]  # in nlink, strata the visible ones
             build_layer(base / f"oci{i}", layer, kernel_form=False)
             build_layer(base / f"k{i}", layer, kernel_form=True)
             oci.append(base / f"oci{i}")
