@@ -447,7 +447,17 @@ class UnionOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------------------ lookups
     @_fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node, st = self._resolve(self._node(parent_inode), name)
+        try:
+            node, st = self._resolve(self._node(parent_inode), name)
+        except pyfuse3.FUSEError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            # A negative entry the kernel may cache: lowers never change, and the upper changes
+            # only through this mount, whose creates replace the cached miss.
+            miss = pyfuse3.EntryAttributes()
+            miss.st_ino = 0
+            miss.entry_timeout = LOWER_TIMEOUT
+            return miss
         attr = self._attr(node, st)
         self._ref(node)
         return attr

@@ -60,12 +60,9 @@ def test_direct_lookup_getattr_create_unlink(tree) -> None:
         assert stat.S_ISDIR(etc.st_mode)
         issue = await ops.lookup(etc.st_ino, b"issue", ctx)
         assert issue.st_size == 5
-        with pytest.raises(pyfuse3.FUSEError) as ei:
-            await ops.lookup(etc.st_ino, b"motd", ctx)  # whited out in top
-        assert ei.value.errno == errno.ENOENT
-        with pytest.raises(pyfuse3.FUSEError) as ei:
-            await ops.lookup(etc.st_ino, b".wh.motd", ctx)  # markers are invisible
-        assert ei.value.errno == errno.ENOENT
+        # a miss is a negative entry (inode 0) the kernel may cache
+        assert (await ops.lookup(etc.st_ino, b"motd", ctx)).st_ino == 0  # whited out in top
+        assert (await ops.lookup(etc.st_ino, b".wh.motd", ctx)).st_ino == 0  # markers are invisible
         assert await ops.listxattr(issue.st_ino, ctx) == [b"user.keep"]
         with pytest.raises(pyfuse3.FUSEError):
             await ops.getxattr(issue.st_ino, b"trusted.overlay.origin", ctx)
@@ -78,8 +75,7 @@ def test_direct_lookup_getattr_create_unlink(tree) -> None:
             await ops.create(etc.st_ino, b".wh.evil", 0o644 | stat.S_IFREG, os.O_WRONLY, ctx)
         assert ei.value.errno in (errno.EINVAL, errno.EPERM)
         await ops.unlink(etc.st_ino, b"issue", ctx)
-        with pytest.raises(pyfuse3.FUSEError):
-            await ops.lookup(etc.st_ino, b"issue", ctx)
+        assert (await ops.lookup(etc.st_ino, b"issue", ctx)).st_ino == 0
         # the deletion of a lower file is recorded as a whiteout in the upper
         st = os.lstat(tree["up"] / "etc" / "issue")
         assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
