@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from unionfs.mount import is_mounted
+
 from .stack import Stack
 
 KERNEL_MAX_LOWERS = 500  # OVL_MAX_STACK
@@ -39,32 +41,11 @@ class Handle:
 ACTIVE: dict[str, Handle] = {}
 
 
-def _mounted(mp: Path) -> bool:
-    target = os.path.abspath(mp)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            if _unescape(line.split()[4]) == target:
-                return True
-    return False
-
-
-def _unescape(s: str) -> str:
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and s[i + 1 : i + 4].isdigit():
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
 def wait_answers(mp: Path, timeout: float = 60.0) -> None:
     """Wait until *mp* is a mount point whose root lists."""
     deadline = time.monotonic() + timeout
     while True:
-        if _mounted(mp):
+        if is_mounted(mp):
             try:
                 os.listdir(mp)
                 return
@@ -281,7 +262,7 @@ def unmount(h: Handle, timeout: float = 20.0) -> None:
     # no try/finally: an interrupted unmount stays in ACTIVE, for cleanup_all to finish
     if h.fuse and h.pid is None:
         h.pid = find_server(h.mountpoint, IMPLS[h.impl].server_names if h.impl in IMPLS else ())
-    if _mounted(h.mountpoint):
+    if is_mounted(h.mountpoint):
         cmds = [["fusermount3", "-u", mp]] if h.fuse else []
         cmds += [["umount", mp], ["umount", "-l", mp]]
         for cmd in cmds:
@@ -289,7 +270,7 @@ def unmount(h: Handle, timeout: float = 20.0) -> None:
                 subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
             except (OSError, subprocess.TimeoutExpired):
                 continue
-            if not _mounted(h.mountpoint):
+            if not is_mounted(h.mountpoint):
                 break
     if h.pid is not None:
         deadline = time.monotonic() + timeout

@@ -201,7 +201,7 @@ def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | 
     server = int(msg.split()[1])
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
-        if _in_mountinfo(mp):
+        if is_mounted(mp):
             try:
                 os.stat(mp)
                 os.statvfs(mp)
@@ -233,7 +233,7 @@ def _alive(pid: int) -> bool:
 def _unescape(s: str) -> str:
     out, i = [], 0
     while i < len(s):
-        if s[i] == "\\" and i + 3 < len(s) + 0 and s[i + 1 : i + 4].isdigit():
+        if s[i] == "\\" and s[i + 1 : i + 4].isdigit():
             out.append(chr(int(s[i + 1 : i + 4], 8)))
             i += 4
         else:
@@ -253,7 +253,8 @@ def _mountinfo() -> list[tuple[str, str]]:
     return res
 
 
-def _in_mountinfo(mp: Path) -> bool:
+def is_mounted(mp: Path) -> bool:
+    """Whether `mp` is a mount point in this mount namespace (whatever its server's state)."""
     target = os.path.abspath(mp)
     return any(m == target for m, _t in _mountinfo())
 
@@ -261,7 +262,7 @@ def _in_mountinfo(mp: Path) -> bool:
 def mount_state(mountpoint: Path) -> str:
     """'mounted', 'dead' (the server is gone: ENOTCONN) or 'unmounted'."""
     mp = os.path.abspath(mountpoint)
-    if not _in_mountinfo(Path(mp)):
+    if not is_mounted(Path(mp)):
         return "unmounted"
     try:
         os.statvfs(mp)  # always reaches the server (stat may be answered from the attr cache)
@@ -275,19 +276,19 @@ def mount_state(mountpoint: Path) -> str:
 def unmount(mountpoint: Path) -> None:
     """Unmount (fusermount3 -u, falling back to a lazy umount); also cleans up a dead server's mount."""
     mp = os.path.abspath(mountpoint)
-    if not _in_mountinfo(Path(mp)):
+    if not is_mounted(Path(mp)):
         return
     for cmd in (["fusermount3", "-u", mp], ["fusermount", "-u", mp]):
         try:
             r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             continue
-        if r.returncode == 0 and not _in_mountinfo(Path(mp)):
+        if r.returncode == 0 and not is_mounted(Path(mp)):
             return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.umount2(os.fsencode(mp), 2) != 0:  # MNT_DETACH
         e = ctypes.get_errno()
-        if _in_mountinfo(Path(mp)):
+        if is_mounted(Path(mp)):
             raise MountError(f"cannot unmount {mp}: {os.strerror(e)}")
 
 

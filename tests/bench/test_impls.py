@@ -8,6 +8,7 @@ import pytest
 
 from bench import impls as im
 from bench.stack import Stack, StackParams, generate, merged_view
+from unionfs.mount import is_mounted
 
 from .conftest import needs_root_fuse
 from .test_stack import tree
@@ -57,7 +58,7 @@ def test_server_pid_rss_and_clean_unmount(stack: Stack, tmp_path: Path, cleanup_
         finally:
             im.unmount(h)
         assert not im._alive(h.pid)
-        assert not im._mounted(mp)
+        assert not is_mounted(mp)
 
 
 def test_kernel_refuses_more_than_500_layers_and_says_so(tmp_path: Path) -> None:
