@@ -23,6 +23,10 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
+# mount(8) runs `mount -t fuse.strata-overlay` helpers from a fixed PATH: make ours findable there.
+if [ "$(id -u)" -eq 0 ] && [ -d /usr/local/bin ]; then
+    ln -sfn "$PWD/.venv/bin/strata-overlay" /usr/local/bin/strata-overlay
+fi
 stamp=.venv/.strata-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null

@@ -111,3 +111,18 @@ def test_bad_mount_input(root: Path, image: str, tmp_path: Path) -> None:
         proc = strata(root, *args, check=False)
         err = proc.stderr.decode()
         assert proc.returncode != 0 and needle in err and "Traceback" not in err, (args, err)
+
+
+def test_mount_t_fuse_strata_overlay(tmp_path: Path, mnt: Path) -> None:
+    """mount(8)'s helper convention: `mount -t fuse.strata-overlay strata-overlay MNT -o lowerdir=…`."""
+    if not Path("/usr/local/bin/strata-overlay").exists():
+        pytest.skip("scripts/setup.sh links strata-overlay into /usr/local/bin; not done here")
+    low = tmp_path / "low"
+    (low / "etc").mkdir(parents=True)
+    (low / "etc/hello").write_text("hello\n")
+    subprocess.run(
+        ["mount", "-t", "fuse.strata-overlay", "strata-overlay", str(mnt), "-o", f"lowerdir={low}"], check=True
+    )
+    assert (mnt / "etc/hello").read_text() == "hello\n" and is_mounted(mnt)
+    subprocess.run(["umount", str(mnt)], check=True)
+    assert not is_mounted(mnt)
