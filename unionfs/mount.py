@@ -74,6 +74,11 @@ def _prepare(spec: MountSpec, mountpoint: Path):
             except OSError as e:
                 raise MountError(f"work directory {spec.work}: {e.strerror}") from None
             work = _check_dir(spec.work, "work directory")
+            if os.stat(work).st_dev != os.stat(up).st_dev:
+                # as kernel overlayfs: copy-up renames from the work dir into the upper
+                raise MountError(f"work directory {spec.work} is not on the same filesystem as upper directory {up}")
+        if os.statvfs(up).f_flag & os.ST_RDONLY:
+            raise MountError(f"upper directory {up} is on a read-only filesystem")
         try:
             upper = Upper(up, work)
         except OSError as e:

@@ -92,6 +92,28 @@ def test_bad_input_one_line_nonzero_nothing_mounted(dirs) -> None:
         assert mount_state(dirs["mnt"]) == "unmounted"
 
 
+def test_upper_on_read_only_fs_and_workdir_elsewhere_are_refused(dirs, tmp_path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "up").mkdir()
+    (ro / "work").mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], check=True)
+    other = Path("/dev/shm") / f"strata-work-{os.getpid()}"
+    other.mkdir(exist_ok=True)
+    try:
+        for opts, needle in (
+            (f"lowerdir={dirs['l1']},upperdir={ro / 'up'},workdir={ro / 'work'}", "read-only"),
+            (f"lowerdir={dirs['l1']},upperdir={dirs['up']},workdir={other}", "same filesystem"),
+        ):
+            p = subprocess.run([*PROG, "-o", opts, str(dirs["mnt"])], capture_output=True, text=True, timeout=30)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode != 0 and len(lines) == 1 and needle in lines[0], p.stderr
+            assert mount_state(dirs["mnt"]) == "unmounted"
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+        other.rmdir()
+
+
 @needs_fuse
 def test_mounts_like_fuse_overlayfs(dirs, mounts) -> None:
     opts = f"lowerdir={dirs['l1']}:{dirs['l2']},upperdir={dirs['up']},workdir={dirs['work']},,volatile"
