@@ -8,7 +8,14 @@ bash scripts/setup.sh
 DEMO=${STRATA_DEMO_DIR:-/tmp/strata-demo}
 export STRATA_ROOT="$DEMO/store"
 strata() { .venv/bin/strata "$@"; }
-say() { printf '\n\033[1m$ strata'; printf ' %q' "$@"; printf '\033[0m\n'; strata "$@"; }
+say() {  # show the command as a user would type it, then run it
+    local shown="\$ strata" a
+    for a in "$@"; do
+        case "$a" in *[[:space:]\"\<\>\[\]\{\}]*) shown+=" '$a'" ;; *) shown+=" $a" ;; esac
+    done
+    printf '\n\033[1m%s\033[0m\n' "$shown"
+    strata "$@"
+}
 MNT="$DEMO/mnt"
 
 cleanup() {
