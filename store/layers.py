@@ -8,6 +8,7 @@ from the image records (see `Store`), never stored as a counter that could drift
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -94,7 +95,7 @@ class LayerStore:
             if self.has(layer.chain_id):
                 return self.get(layer.chain_id)
             (work / "layer.json").write_text(json.dumps(asdict(layer)))
-            _fsync_dir(work)
+            _syncfs(work)  # the layer's files reach the disk before the rename makes it visible
             try:
                 os.rename(work, self._home(layer.chain_id))
             except OSError:
@@ -123,9 +124,15 @@ class LayerStore:
         shutil.rmtree(grave, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: Path) -> None:
+    """syncfs(2): one call flushes every file just written on that filesystem (no per-file fsync)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
