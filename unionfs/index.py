@@ -38,7 +38,7 @@ from pathlib import Path
 
 import xxhash
 
-from .whiteout import OPAQUE_NAME, OPAQUE_XATTRS, WH_PREFIX
+from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr
 
 MAGIC = b"STRIDX03"
 HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
@@ -48,21 +48,6 @@ _le32 = struct.Struct("<I").pack
 _xxh = xxhash.xxh64_intdigest
 
 Stat = tuple[int, int, int, int, int, int, int, int, int, int]
-
-
-def _opaque_xattr(path: bytes) -> bool:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return False
-    for n in names:
-        if n.encode() in OPAQUE_XATTRS:
-            try:
-                if os.getxattr(path, n, follow_symlinks=False) == b"y":
-                    return True
-            except OSError:
-                pass
-    return False
 
 
 class Index:
@@ -243,7 +228,7 @@ def _scan(realdir: bytes) -> tuple[list, list[bytes], bool]:
                 whiteouts.append(name)
             else:
                 ents.append((name, st, None))
-    return ents, whiteouts, opaque or _opaque_xattr(realdir)
+    return ents, whiteouts, opaque or has_opaque_xattr(realdir)
 
 
 def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", threads: int = 4) -> Index:

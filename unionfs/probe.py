@@ -11,8 +11,8 @@ import os
 import stat
 from collections.abc import Sequence
 
-from .index import Stat, _fs, _opaque_xattr
-from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat
+from .index import Stat, _fs
+from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr, is_whiteout_stat
 
 
 def _st(st: os.stat_result) -> Stat:
@@ -48,7 +48,7 @@ class ProbeLower:
         out = []
         for layer, d in cands:
             out.append((layer, d))
-            if os.path.lexists(os.path.join(d, OPAQUE_NAME)) or _opaque_xattr(d):
+            if os.path.lexists(os.path.join(d, OPAQUE_NAME)) or has_opaque_xattr(d):
                 break
         return out
 

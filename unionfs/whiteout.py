@@ -39,12 +39,17 @@ def is_whiteout_mode(mode: int, rdev: int) -> bool:
 
 def has_opaque_xattr(path: bytes) -> bool:
     """True if the directory at *path* carries one of the opaque xattrs set to ``y``."""
-    for name in OPAQUE_XATTRS:
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
+    try:
+        names = os.listxattr(path, follow_symlinks=False)  # one call answers for most directories
+    except OSError:
+        return False
+    for n in names:
+        if n.encode() in OPAQUE_XATTRS:
+            try:
+                if os.getxattr(path, n, follow_symlinks=False) == b"y":
+                    return True
+            except OSError:
+                pass
     return False
 
 

@@ -47,10 +47,16 @@ class RichReporter(Reporter):
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
         self.console = Console()
-        self.progress = Progress(
+        self.progress = self._new_progress()
+        self.tasks: dict[str, int] = {}
+        self.started = False
+
+    def _new_progress(self):  # type: ignore[no-untyped-def]
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        return Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(),
@@ -58,8 +64,6 @@ class RichReporter(Reporter):
             auto_refresh=True,
             refresh_per_second=8,
         )
-        self.tasks: dict[str, int] = {}
-        self.started = False
 
     def header(self, text: str) -> None:
         self.console.print(text, highlight=False, soft_wrap=True)
@@ -93,16 +97,7 @@ class RichReporter(Reporter):
             self.progress.stop()
             self.started = False
             self.tasks.clear()
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                console=self.console,
-                auto_refresh=True,
-                refresh_per_second=8,
-            )
+            self.progress = self._new_progress()
 
 
 def for_terminal(quiet: bool) -> Reporter:
