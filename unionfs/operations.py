@@ -575,10 +575,6 @@ class UnionOperations(pyfuse3.Operations):
         return os.pwrite(fh, buf, off)
 
     @_fuse_errors
-    async def flush(self, fh: int) -> None:
-        return None
-
-    @_fuse_errors
     async def release(self, fh: int) -> None:
         os.close(fh)
 
