@@ -30,6 +30,7 @@ from .whiteout import OPAQUE_NAME, WH_PREFIX, is_private_xattr, is_whiteout_stat
 NEW_INO_BASE = 1 << 32
 LOWER_TIMEOUT = 60.0
 UPPER_TIMEOUT = 1.0
+LOWER_ATTR_CACHE = 200_000  # entries; about 40 MB at most
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
@@ -126,6 +127,7 @@ class UnionOperations(pyfuse3.Operations):
         self.next_dh = 1
         self.locks: dict[int, trio.Lock] = {}
         self._groups: dict[int, list[int]] | None = None
+        self._lattr: dict[int, pyfuse3.EntryAttributes] = {}
 
     # ------------------------------------------------------------------------------ helpers
     def _node(self, ino: int) -> Node:
@@ -238,24 +240,40 @@ class UnionOperations(pyfuse3.Operations):
             a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
             a.attr_timeout = UPPER_TIMEOUT
         else:
-            (
-                a.st_mode,
-                a.st_nlink,
-                a.st_uid,
-                a.st_gid,
-                a.st_rdev,
-                a.st_size,
-                a.st_atime_ns,
-                a.st_mtime_ns,
-                a.st_ctime_ns,
-                a.st_blocks,
-            ) = self.lo.stat(node.lower)
-            a.attr_timeout = LOWER_TIMEOUT
+            return self._lower_attr(node.lower)
         if node.isdir and node.lower >= 0:
             a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
         a.entry_timeout = LOWER_TIMEOUT
         a.st_ino = node.ino
         a.st_blksize = 4096
+        return a
+
+    def _lower_attr(self, e: int) -> pyfuse3.EntryAttributes:
+        """Attributes of lower entry *e*, built once: lower entries never change (callers must not mutate)."""
+        a = self._lattr.get(e)
+        if a is not None:
+            return a
+        if len(self._lattr) >= LOWER_ATTR_CACHE:
+            self._lattr.clear()
+        a = pyfuse3.EntryAttributes()
+        (
+            a.st_mode,
+            a.st_nlink,
+            a.st_uid,
+            a.st_gid,
+            a.st_rdev,
+            a.st_size,
+            a.st_atime_ns,
+            a.st_mtime_ns,
+            a.st_ctime_ns,
+            a.st_blocks,
+        ) = self.lo.stat(e)
+        if stat.S_ISDIR(a.st_mode):
+            a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
+        a.attr_timeout = a.entry_timeout = LOWER_TIMEOUT
+        a.st_ino = self.lo.ino(e)
+        a.st_blksize = 4096
+        self._lattr[e] = a
         return a
 
     def _real(self, node: Node) -> bytes:
@@ -265,24 +283,25 @@ class UnionOperations(pyfuse3.Operations):
 
     def _listing(self, node: Node) -> list[tuple[bytes, int]]:
         """Merged children of *node*: (name, lower entry or -1 when served by the upper), sorted."""
+        lo, up = self.lo, self.up
+        if up is None or not node.upper:  # lower children come sorted by name
+            return [(lo.name(e), e) for e in lo.children(node.lower)] if node.lower >= 0 else []
         names: dict[bytes, int] = {}
         hidden: set[bytes] = set()
-        if node.upper and self.up is not None:
-            with os.scandir(self.up.real(node.path)) as it:
-                for de in it:
-                    n = de.name
-                    if n.startswith(WH_PREFIX):
-                        if n != OPAQUE_NAME:
-                            hidden.add(n[4:])
-                        continue
-                    if not (
-                        de.is_dir(follow_symlinks=False) or de.is_file(follow_symlinks=False) or de.is_symlink()
-                    ) and is_whiteout_stat(de.stat(follow_symlinks=False)):
-                        hidden.add(n)
-                        continue
-                    names[n] = -1
+        with os.scandir(up.real(node.path)) as it:
+            for de in it:
+                n = de.name
+                if n.startswith(WH_PREFIX):
+                    if n != OPAQUE_NAME:
+                        hidden.add(n[4:])
+                    continue
+                if not (
+                    de.is_dir(follow_symlinks=False) or de.is_file(follow_symlinks=False) or de.is_symlink()
+                ) and is_whiteout_stat(de.stat(follow_symlinks=False)):
+                    hidden.add(n)
+                    continue
+                names[n] = -1
         if node.lower >= 0:
-            lo = self.lo
             for e in lo.children(node.lower):
                 n = lo.name(e)
                 if n not in names and n not in hidden:
