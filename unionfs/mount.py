@@ -152,7 +152,9 @@ def _serve(ops, mp: Path, opts: set[str], ready_fd: int | None, work: Path | Non
             nursery.start_soon(watch)
             if gate is not None:
                 nursery.start_soon(pause.serve_signals, gate, work / pause.FLAG_NAME)
-            await pyfuse3.main(max_tasks=32)
+            # Without writes no request waits on anything (no copy-up, fsync or paused write), and a
+            # single worker saves the hand-over between two trio tasks on every request (~1.5x the rate).
+            await pyfuse3.main(max_tasks=1 if ops.up is None or "ro" in opts else 32)
             nursery.cancel_scope.cancel()
 
     try:
