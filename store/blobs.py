@@ -91,6 +91,7 @@ class BlobStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(name, self.path(w.digest))
+            fsync_dir(self.path(w.digest).parent)
         except BaseException:
             with _ignore_missing():
                 os.unlink(name)
@@ -124,6 +125,15 @@ class BlobStore:
             else:
                 with _ignore_missing():
                     p.unlink()
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that a rename just made in it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def tmp_prefix(kind: str) -> str:

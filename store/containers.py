@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .blobs import tmp_prefix
+from .blobs import fsync_dir, tmp_prefix
 from .errors import Ambiguous, Conflict, InvalidInput, NotFound
 from .images import atomic_write
 
@@ -65,8 +65,9 @@ class ContainerIndex:
         work = Path(tempfile.mkdtemp(dir=self.tmp, prefix=tmp_prefix("ctr")))
         (work / "upper").mkdir()
         (work / "work").mkdir()
-        (work / "container.json").write_text(json.dumps(asdict(c), indent=1))
+        atomic_write(work / "container.json", json.dumps(asdict(c), indent=1).encode(), self.tmp)
         os.rename(work, self.home(c.id))
+        fsync_dir(self.home(c.id).parent)
 
     def find(self, text: str) -> Container:
         """By name, full ID or unique ID prefix."""

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import digest as dg
-from .blobs import tmp_prefix
+from .blobs import fsync_dir, tmp_prefix
 from .errors import NotFound
 
 
@@ -69,6 +69,7 @@ class ImageRecord:
 
 
 def atomic_write(path: Path, data: bytes, tmp: Path) -> None:
+    """Replace *path* with *data*: all of it or none, durable once this returns."""
     fd, name = tempfile.mkstemp(dir=tmp, prefix=tmp_prefix("rec"))
     try:
         with os.fdopen(fd, "wb") as f:
@@ -76,6 +77,7 @@ def atomic_write(path: Path, data: bytes, tmp: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(name, path)
+        fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(name):
             os.unlink(name)
