@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cli.common import get_store, user_errors
+
 
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Small stacks, one repetition (about a minute).")
@@ -35,6 +37,7 @@ import click
 )
 @click.option("--keep", is_flag=True, help="Keep the generated stacks.")
 @click.pass_context
+@user_errors
 def bench(
     ctx: click.Context,
     quick,
@@ -58,6 +61,8 @@ def bench(
     from bench.main import build_config, execute
 
     obj = ctx.find_root().obj or {}
+    if image:
+        get_store(ctx).resolve(image)  # an unknown image: one line, before anything is set up
     try:
         cfg = build_config(
             quick=quick,
