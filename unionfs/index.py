@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import signal
 import stat
 import struct
 from array import array
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from itertools import accumulate
-from operator import attrgetter
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate, chain, repeat
+from operator import add, attrgetter
 from pathlib import Path
 
 import xxhash
@@ -200,19 +201,36 @@ _META = attrgetter(
     "st_blocks",
 )
 _LW = len(WH_PREFIX)
+_IFMT = 0o170000
+_IFDIR = stat.S_IFDIR
+_IFCHR = stat.S_IFCHR
+SPLIT_DIRS = 8  # pending directories at which the scan is shared with a second process
+MIN_SPLIT_ROWS = 4000  # or when this many entries are listed (else a fork does not pay)
+STAT_PIECE = 512  # entries per piece of work when the entries of known directories are stat-ed
+
+Contrib = list[tuple[int, bytes]]  # (layer, path) of each layer's copy of a merged directory, topmost first
 
 
-def _scan(realdir: bytes) -> tuple[list, list[bytes], bool]:
-    """One layer directory: ([(name, stat, path-if-dir)], whiteout names, opaque)."""
-    ents: list = []
-    whiteouts: list[bytes] = []
-    opaque = False
-    try:
-        it = os.scandir(realdir)
-    except OSError:
-        return ents, whiteouts, False
-    with it:
-        for de in it:
+def _list(contrib: Contrib) -> tuple[list[bytes], list[bytes], Sequence[int], list[Contrib | None]]:
+    """The visible children of a merged directory, sorted by name, without stat-ing them.
+
+    Returns names, the directory (with a trailing slash) each comes from, layers and, for
+    subdirectories, their contributors (None for the rest).  Types come from ``d_type``; opaque
+    xattrs are read only where a lower layer has the directory too.
+    """
+    merged: dict[bytes, tuple[int, bytes, Contrib | None]] = {}
+    closed: set[bytes] = set()
+    last = len(contrib) - 1
+    for ci, (layer, d) in enumerate(contrib):
+        try:
+            with os.scandir(d) as it:
+                des = list(it)
+        except OSError:
+            des = []
+        pre = d + b"/"
+        whiteouts: list[bytes] = []
+        opaque = False
+        for de in des:
             name = de.name
             if name[:_LW] == WH_PREFIX:
                 if name == OPAQUE_NAME:
@@ -220,124 +238,343 @@ def _scan(realdir: bytes) -> tuple[list, list[bytes], bool]:
                 else:
                     whiteouts.append(name[_LW:])
                 continue
-            st = de.stat(follow_symlinks=False)
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                ents.append((name, st, de.path))
-            elif stat.S_ISCHR(mode) and st.st_rdev == 0:
-                whiteouts.append(name)
+            if name in closed:
+                continue
+            if de.is_dir(follow_symlinks=False):
+                isdir = True
+            elif de.is_file(follow_symlinks=False) or de.is_symlink():
+                isdir = False
+            else:  # a device, fifo or socket: only these can be a char 0/0 whiteout
+                st = de.stat(follow_symlinks=False)
+                if st.st_mode & _IFMT == _IFCHR and st.st_rdev == 0:
+                    whiteouts.append(name)
+                    continue
+                isdir = False
+            cur = merged.get(name)
+            if cur is None:
+                merged[name] = (layer, pre, [(layer, pre + name)] if isdir else None)
+                if not isdir:
+                    closed.add(name)
+            elif isdir:
+                cur[2].append((layer, pre + name))  # type: ignore[union-attr]
             else:
-                ents.append((name, st, None))
-    return ents, whiteouts, opaque or has_opaque_xattr(realdir)
+                closed.add(name)  # a non-directory below a directory ends the merge of that name
+        closed.update(whiteouts)
+        if opaque or (ci < last and has_opaque_xattr(d)):
+            break
+    names = sorted(merged)
+    vals = [merged[n] for n in names]
+    return names, [v[1] for v in vals], [v[0] for v in vals], [v[2] for v in vals]
 
 
-def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", threads: int = 4) -> Index:
+def _children(contrib: Contrib) -> tuple[list[bytes], list[os.stat_result], Sequence[int], list[Contrib | None]]:
+    """Like :func:`_list`, with lstat results instead of directories (only the winners are stat-ed)."""
+    if len(contrib) > 1:
+        names, pres, lays, subs = _list(contrib)
+        lstat = os.lstat
+        return names, [lstat(p + n) for p, n in zip(pres, names, strict=True)], lays, subs
+    # the common case, one layer has this directory: listdir and one lstat per entry (which gives
+    # the type too) is the cheapest
+    layer, d = contrib[0]
+    try:
+        names = [n for n in os.listdir(d) if n[:_LW] != WH_PREFIX]  # markers hide nothing here
+    except OSError:
+        names = []
+    names.sort()
+    pre = d + b"/"
+    lstat = os.lstat
+    sts = [lstat(pre + n) for n in names]
+    fmts = [st.st_mode & _IFMT for st in sts]
+    if _IFCHR in fmts:  # kernel-form whiteouts are never shown
+        keep = [k for k, st in enumerate(sts) if not (fmts[k] == _IFCHR and st.st_rdev == 0)]
+        names, sts, fmts = [names[k] for k in keep], [sts[k] for k in keep], [fmts[k] for k in keep]
+    subs = [[(layer, pre + n)] if f == _IFDIR else None for n, f in zip(names, fmts, strict=True)]
+    return names, sts, repeat(layer, len(names)), subs  # type: ignore[return-value]
+
+
+def _stat_rows(paths: list[bytes], first: int) -> tuple[array, list[tuple[int, int]]]:
+    """lstat *paths* (rows *first*...): their meta rows and (row, st_ino) of non-directories with nlink > 1."""
+    lstat = os.lstat
+    sts = [lstat(p) for p in paths]
+    meta = array("q", list(chain.from_iterable(map(_META, sts))))
+    hard = [(first + k, st.st_ino) for k, st in enumerate(sts) if st.st_nlink > 1 and st.st_mode & _IFMT != _IFDIR]
+    return meta, hard
+
+
+class _Scan:
+    """Merged directories scanned by one process, as flat columns (one row per visible entry).
+
+    Block *b* holds one directory's children: rows ``start[b] .. start[b] + count[b]``, sorted by
+    name.  ``sub`` maps the row of a subdirectory scanned here to its block; ``roots`` maps rows of
+    another process's scan (subtrees handed over) to blocks here; ``pieces`` holds, by first row, the
+    meta rows and hard-link candidates of handed-over stat work.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[bytes] = []
+        self.meta = array("q")
+        self.layers = array("I")
+        self.start: list[int] = []
+        self.count: list[int] = []
+        self.dirs: list[list[int]] = []  # per block: rows of subdirectories
+        self.hard: list[list[tuple[int, int]]] = []  # per block: (row, st_ino) of non-directories with nlink > 1
+        self.sub: dict[int, int] = {}
+        self.roots: dict[int, int] = {}
+        self.pieces: dict[int, tuple[array, list[tuple[int, int]]]] = {}
+        self.done: list[int] = []  # chunks taken
+        self.pending: list[tuple[int, Contrib]] = []  # (row, contributors) of subdirectories to scan
+
+    def _block(self, names: list[bytes], lays: Sequence[int], subs: list[Contrib | None]) -> int:
+        first = len(self.names)
+        self.start.append(first)
+        self.count.append(len(names))
+        self.names += names
+        self.layers.extend(lays)
+        new = [(r, sub) for r, sub in enumerate(subs, first) if sub is not None]
+        self.dirs.append([r for r, _ in new])
+        self.pending += new  # type: ignore[arg-type]
+        return len(self.start) - 1
+
+    def scan(self, contrib: Contrib) -> int:
+        """Scan one merged directory into a new block (its subdirectories go to ``pending``)."""
+        names, sts, lays, subs = _children(contrib)
+        first = len(self.names)
+        b = self._block(names, lays, subs)
+        self.meta.fromlist(list(chain.from_iterable(map(_META, sts))))
+        self.hard.append(
+            [
+                (r, st.st_ino)
+                for r, (st, sub) in enumerate(zip(sts, subs, strict=True), first)
+                if sub is None and st.st_nlink > 1
+            ]
+        )
+        return b
+
+    def list_only(self, contrib: Contrib) -> tuple[int, list[bytes]]:
+        """A new block for one merged directory with its meta rows left zero; returns the block and
+        the paths to stat for them."""
+        names, pres, lays, subs = _list(contrib)
+        b = self._block(names, lays, subs)
+        self.meta.frombytes(bytes(8 * META_W * len(names)))
+        self.hard.append([])
+        return b, [p + n for p, n in zip(pres, names, strict=True)]
+
+    def drain(self) -> None:
+        """Scan every pending subdirectory (depth first: the order does not matter here)."""
+        pending, sub, scan = self.pending, self.sub, self.scan
+        while pending:
+            r, c = pending.pop()
+            sub[r] = scan(c)
+
+    def take(self, chunks: list[list[tuple[bool, int, list]]], claim) -> None:
+        """Do the chunks that *claim* () hands out (indices, until None); an item of a chunk is
+        ``(True, row, contrib)`` (scan that subtree) or ``(False, first row, paths)`` (stat entries)."""
+        while (k := claim()) is not None:
+            self.done.append(k)
+            for tree, r, work in chunks[k]:
+                if tree:
+                    self.roots[r] = self.scan(work)
+                    self.drain()
+                else:
+                    self.pieces[r] = _stat_rows(work, r)
+
+    def state(self) -> tuple:
+        return tuple(getattr(self, f) for f in _STATE)
+
+    @classmethod
+    def from_state(cls, st: tuple) -> _Scan:
+        s = cls()
+        for f, v in zip(_STATE, st, strict=True):
+            setattr(s, f, v)
+        return s
+
+
+_STATE = ("names", "meta", "layers", "start", "count", "dirs", "hard", "sub", "roots", "pieces")
+
+
+def _pipe_claim(fd: int):
+    """A claim function reading 4-byte chunk numbers from a pipe shared by the processes (a 4-byte
+    read from a pipe is atomic, so each chunk goes to exactly one of them)."""
+
+    def claim() -> int | None:
+        b = os.read(fd, 4)
+        return int.from_bytes(b, "little") if len(b) == 4 else None
+
+    return claim
+
+
+def _list_claim(ks: Iterable[int]):
+    it = iter(ks)
+    return lambda: next(it, None)
+
+
+def _spare_cpus() -> int:
+    """CPUs of ours that nothing else is running on right now (from /proc/loadavg's runnable count):
+    a helper on a busy machine only adds the cost of the fork."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])  # includes this process
+    except (OSError, ValueError, IndexError):
+        running = 1
+    return max(0, cpus - running)
+
+
+def _take_shared(main: _Scan, chunks: list) -> _Scan | None:
+    """Do *chunks* in this process and a forked helper, both taking the next chunk from a shared pipe
+    as they finish one (so a busy core gets fewer).  Returns the helper's scan, or None if it failed
+    (then this process has done the rest too)."""
+    import pickle
+
+    tr, tw = os.pipe()
+    os.write(tw, b"".join(k.to_bytes(4, "little") for k in range(len(chunks))))  # <= 32 KiB: never blocks
+    os.close(tw)
+    rr, rw = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid == 0:  # the helper: work, send, exit without running the parent's cleanup
+        code = 1
+        try:
+            os.close(rr)
+            mine = _Scan()
+            mine.take(chunks, _pipe_claim(tr))
+            with os.fdopen(rw, "wb") as f:
+                pickle.dump(mine.state(), f, protocol=pickle.HIGHEST_PROTOCOL)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(rw)
+    helper = None
+    try:
+        main.take(chunks, _pipe_claim(tr))
+        if pid > 0:
+            with os.fdopen(rr, "rb") as f:
+                rr = -1
+                data = f.read()
+            _, status = os.waitpid(pid, 0)
+            pid = -1
+            if status == 0 and data:
+                helper = _Scan.from_state(pickle.loads(data))
+    finally:
+        os.close(tr)
+        if rr >= 0:
+            os.close(rr)
+        if pid > 0:  # interrupted: do not leave the helper behind
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    if helper is None:
+        main.take(chunks, _list_claim(sorted(set(range(len(chunks))) - set(main.done))))
+    return helper
+
+
+def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", jobs: int | None = None) -> Index:
     """Compile the merged view of *lowers* (topmost first) into an :class:`Index`.
 
-    Directory scans (scandir + lstat, which release the GIL) run ahead of the breadth-first
-    numbering in a small thread pool.
+    Two passes: the merged directories are scanned into flat per-directory blocks, then numbered
+    breadth first, which only concatenates blocks.  The scan starts breadth first, only listing;
+    once enough is known the rest is cut into chunks (stat the entries listed so far, scan a pending
+    subtree) that this process and, if *jobs* >= 2 (default: if a CPU is idle), a forked helper take
+    in turn.  The result does not depend on how the work was shared.
     """
     roots = [_fs(p) for p in lowers]
-    meta = array("q")
-    links = array("I")
-    names: list[bytes] = [b""]
-    hard: dict[tuple[int, int], int] = {}
     if roots:
-        meta.extend(_META(os.stat(roots[0])))
-        meta[4] = 0
+        root_meta = list(_META(os.stat(roots[0])))
+        root_meta[4] = 0
     else:
-        meta.extend((stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, 0))
-    links.extend((0, 0, 0, 0, 0))
-    pool = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
-
-    def submit(d: bytes):
-        if pool is None:
-            return _Done(_scan(d))
-        return pool.submit(_scan, d)
-
-    # queue of (entry, [[layer, realdir, future-of-scan-or-None], ...]) in BFS order; scans are
-    # submitted a bounded window ahead of the numbering
-    queue: list = [(0, [[i, r, None] for i, r in enumerate(roots)])]
-    qpos = subpos = 0
-    window = 512 if pool is not None else 0
-    meta_ext, links_ext, names_app, queue_app = meta.extend, links.extend, names.append, queue.append
-    try:
-        while qpos < len(queue):
-            while subpos < len(queue) and subpos <= qpos + window:
-                c0 = queue[subpos][1][0] if queue[subpos][1] else [0, b"", 0]
-                if c0[2] is None:
-                    c0[2] = submit(c0[1])
-                subpos += 1
-            entry, contrib = queue[qpos]
-            queue[qpos] = None
-            qpos += 1
-            if len(contrib) == 1:
-                layer, _d, fut = contrib[0]
-                ents = (fut or submit(_d)).result()[0]
-                ents.sort()
-                children = [(n, layer, st, None if p is None else [[layer, p, None]]) for n, st, p in ents]
-            else:
-                merged: dict[bytes, list] = {}
-                closed: set[bytes] = set()
-                for layer, d, fut in contrib:
-                    ents, whiteouts, opaque = (fut or submit(d)).result()
-                    for name, st, p in ents:
-                        if name in closed:
-                            continue
-                        cur = merged.get(name)
-                        if cur is not None:
-                            if p is not None:
-                                cur[3].append([layer, p, None])
-                            else:
-                                closed.add(name)
-                            continue
-                        merged[name] = [name, layer, st, [[layer, p, None]] if p is not None else None]
-                        if p is None:
-                            closed.add(name)
-                    closed.update(whiteouts)
-                    if opaque:
-                        break
-                children = [tuple(merged[n]) for n in sorted(merged)]
-            first = len(names)
-            b = entry * LINK_W
-            links[b + 3] = first
-            links[b + 4] = len(children)
-            i = first
-            for name, layer, st, sub in children:
-                names_app(name)
-                m = _META(st)
-                canon = i
-                if sub is None and m[1] > 1:
-                    canon = hard.setdefault((layer, st.st_ino), i)
-                meta_ext(m)
-                links_ext((entry, layer, canon, 0, 0))
-                if sub is not None:
-                    queue_app((i, sub))
-                i += 1
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        root_meta = [stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, 0]
+    main = _Scan()
+    scans = [main]
+    if roots:
+        # list breadth first until enough subtrees are pending; those blocks come first, so row r of
+        # them is paths[r]
+        main.sub[-1], paths = main.list_only(list(enumerate(roots)))
+        pending, pos = main.pending, 0
+        while pos < len(pending) and len(pending) - pos < SPLIT_DIRS:
+            r, c = pending[pos]
+            pos += 1
+            main.sub[r], more = main.list_only(c)
+            paths += more
+        listed = len(main.start)
+        rest, main.pending = pending[pos:], []
+        items = [(False, k, paths[k : k + STAT_PIECE]) for k in range(0, len(paths), STAT_PIECE)]
+        items += [(True, r, c) for r, c in rest]
+        g = -(-len(items) // 8192)  # at most 8192 chunks (tokens in the pipe)
+        chunks = [items[k : k + g] for k in range(0, len(items), g)]
+        helper = None
+        if (rest or len(paths) >= MIN_SPLIT_ROWS) and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
+            helper = _take_shared(main, chunks)
+        else:
+            main.take(chunks, _list_claim(range(len(chunks))))
+        hard: list[tuple[int, int]] = []
+        for s in (main, helper) if helper is not None else (main,):
+            for first, (meta, h) in s.pieces.items():
+                main.meta[first * META_W : first * META_W + len(meta)] = meta
+                hard += h
+        for r, ino in sorted(hard):
+            main.hard[bisect_right(main.start, r, 0, listed) - 1].append((r, ino))
+        if helper is not None:
+            scans.append(helper)
+    # row of a subdirectory in scan s -> (scan, block) of its children
+    owner: list[dict[int, tuple[int, int]]] = [{r: (0, b) for r, b in chain(main.sub.items(), main.roots.items())}]
+    if len(scans) > 1:
+        owner[0].update((r, (1, b)) for r, b in scans[1].roots.items())
+        owner.append({r: (1, b) for r, b in scans[1].sub.items()})
+    names: list[bytes] = [b""]
+    parents: list[int] = [0]
+    layers = array("I", [0])
+    meta = array("q", root_meta)
+    firsts = [0]
+    counts = [0]
+    hard_rows: list[tuple[int, int]] = []
+    queue: list[tuple[int, int, int]] = [(0, *owner[0][-1])] if roots else []
+    for entry, si, b in queue:  # the queue grows while it is walked: breadth-first order
+        s = scans[si]
+        start, c = s.start[b], s.count[b]
+        first = len(names)
+        firsts[entry] = first
+        counts[entry] = c
+        end = start + c
+        names += s.names[start:end]
+        parents += repeat(entry, c)
+        layers += s.layers[start:end]
+        meta += s.meta[start * META_W : end * META_W]
+        firsts += repeat(0, c)
+        counts += repeat(0, c)
+        delta = first - start
+        own = owner[si]
+        for r in s.dirs[b]:
+            queue.append((r + delta, *own[r]))
+        h = s.hard[b]
+        if h:
+            hard_rows += [(r + delta, ino) for r, ino in h]
+    canon = list(range(len(names)))
+    hard: dict[tuple[int, int], int] = {}
+    for i, ino in hard_rows:  # ascending: the first link in breadth-first order is canonical
+        canon[i] = hard.setdefault((layers[i], ino), i)
+    links = array("I", chain.from_iterable(zip(parents, layers, canon, firsts, counts, strict=True)))
     name_off = array("Q", [0])
     name_off.extend(accumulate(map(len, names)))
     blob = b"".join(names)
     n = len(names)
     size = 1 << max(4, (2 * n - 1).bit_length())
     mask = size - 1
-    table = array("I", bytes(4 * size))
-    for i in range(1, n):
-        slot = _xxh(_le32(links[i * LINK_W]) + names[i]) & mask
+    table = [0] * size
+    # hashes in C-level maps; only the probing is a Python loop
+    hashes = map(_xxh, map(add, map(_le32, parents), names))
+    next(hashes)  # entry 0 (the root) is never looked up by name
+    i = 1
+    for h in hashes:
+        slot = h & mask
         while table[slot]:
             slot = (slot + 1) & mask
-        table[slot] = i + 1
-    return Index(roots, meta, links, name_off, blob, table, key=key)
-
-
-class _Done:
-    def __init__(self, value) -> None:
-        self.value = value
-
-    def result(self):
-        return self.value
+        i += 1
+        table[slot] = i
+    return Index(roots, meta, links, name_off, blob, array("I", table), key=key)
 
 
 def _walk_dirs(root: bytes) -> Iterator[bytes]:

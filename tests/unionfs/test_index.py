@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.stack import StackParams, generate, merged_view
+from unionfs import index
 from unionfs.index import Index, build_index, cache_key, load_or_build
 from unionfs.probe import ProbeLower
 
@@ -199,3 +201,83 @@ def test_build_speed(tmp_path: Path) -> None:
     print(f"index build: {idx.count} entries, {rate:,.0f} entries/s")
     assert idx.count == 30031
     assert rate > 10_000
+
+
+def _arrays(idx) -> tuple:
+    return tuple(bytes(memoryview(a).cast("B")) for a in (idx.meta, idx.links, idx.name_off, idx.table)) + (
+        bytes(idx.names),
+    )
+
+
+@pytest.fixture(scope="module")
+def bench_stacks(tmp_path_factory: pytest.TempPathFactory) -> list:
+    """Synthetic bench stacks (overrides, whiteouts, opaque dirs, a big merged dir), both forms."""
+    root = tmp_path_factory.mktemp("stacks")
+    return [
+        generate(StackParams(n, 400, seed=3, big_entries=150, large_files=1, large_size=1 << 12), root / f"s{n}")
+        for n in (1, 3, 9)
+    ]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_matches_an_independent_merge(bench_stacks: list, monkeypatch: pytest.MonkeyPatch, jobs: int) -> None:
+    """Order, metadata, layer, inode numbers and lookups against bench.stack.merged_view, with the
+    work cut into many small chunks so that a helper process really shares it."""
+    monkeypatch.setattr(index, "SPLIT_DIRS", 2)
+    monkeypatch.setattr(index, "STAT_PIECE", 7)
+    for st in bench_stacks:
+        for layers in (st.oci_layers, st.kernel_layers):
+            idx = build_index(layers, jobs=jobs)
+            view, hidden = merged_view(layers)
+            assert [idx.path(i).decode()[1:] for i in range(1, idx.count)] == list(view)  # BFS, sorted
+            first_link: dict[tuple, int] = {}
+            for i, (p, want) in enumerate(view.items(), 1):
+                got = idx.stat(i)
+                assert got[:6] + got[7:] == (
+                    want.st_mode,
+                    want.st_nlink,
+                    want.st_uid,
+                    want.st_gid,
+                    want.st_rdev,
+                    want.st_size,
+                    want.st_mtime_ns,
+                    want.st_ctime_ns,
+                    want.st_blocks,
+                ), p
+                real = os.lstat(idx.real_path(i))
+                assert (real.st_dev, real.st_ino) == (want.st_dev, want.st_ino), p  # served from the right layer
+                assert idx.lookup(idx.parent(i), idx.name(i)) == i
+                canon = i
+                if not stat.S_ISDIR(want.st_mode) and want.st_nlink > 1:
+                    canon = first_link.setdefault((idx.layer(i), want.st_ino), i)
+                assert idx.ino(i) == canon + 1
+                if stat.S_ISDIR(want.st_mode):
+                    kids = [idx.name(c) for c in idx.children(i)]
+                    assert kids == sorted(kids)
+            for p in hidden - set(view):  # (a name hidden below may be visible from above)
+                e = 0
+                for part in p.split("/"):
+                    e = idx.lookup(e, part.encode()) if e >= 0 else -1
+                assert e == -1, p
+
+
+def test_shared_build_is_identical_and_survives_a_failed_helper(
+    bench_stacks: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index, "SPLIT_DIRS", 2)
+    monkeypatch.setattr(index, "STAT_PIECE", 5)
+    layers = bench_stacks[-1].oci_layers
+    alone = _arrays(build_index(layers, jobs=1))
+    assert _arrays(build_index(layers, jobs=2)) == alone
+
+    def broken(self):  # the helper dies after taking its chunks
+        raise RuntimeError("helper fails")
+
+    monkeypatch.setattr(index._Scan, "state", broken)
+    assert _arrays(build_index(layers, jobs=2)) == alone
+
+    def no_fork():
+        raise OSError("no fork here")
+
+    monkeypatch.setattr(index.os, "fork", no_fork)
+    assert _arrays(build_index(layers, jobs=2)) == alone
