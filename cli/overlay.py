@@ -83,6 +83,8 @@ class UsageError(Exception):
 
 def split_escaped(s: str, sep: str) -> list[str]:
     """Split *s* on unescaped *sep*; a backslash escapes the next character."""
+    if "\\" not in s:  # the common case, and a character loop over 1000 lowers costs ~10 ms
+        return s.split(sep)
     out, cur, i = [], [], 0
     while i < len(s):
         c = s[i]
@@ -103,6 +105,8 @@ def split_escaped(s: str, sep: str) -> list[str]:
 def _split_options(s: str) -> list[str]:
     """Split an -o string on commas that are neither escaped nor inside double quotes
     (``context="...:c1,c2"``), keeping the escapes for later."""
+    if "\\" not in s and '"' not in s:
+        return s.split(",")
     out, cur, i = [], [], 0
     quoted = False
     while i < len(s):
@@ -203,12 +207,13 @@ def parse_args(argv: list[str]) -> dict:
         raise UsageError("no lowerdir specified")
     if (res["upper"] is None) != (res["work"] is None):
         raise UsageError("upperdir and workdir must be given together")
+    from unionfs.index import realpaths
+
     lowers = []
-    for p in res["lowers"]:
-        rp = os.path.realpath(p)
+    for p, rp in zip(res["lowers"], realpaths(res["lowers"]), strict=True):
         if not os.path.isdir(rp):
             raise UsageError(f"lowerdir {p} does not exist or is not a directory")
-        lowers.append(Path(rp))
+        lowers.append(Path(os.fsdecode(rp)))
     res["lowers"] = lowers
     for k in ("upper", "work"):
         if res[k] is not None:
@@ -241,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    if argv is None and not a["foreground"]:
+        # the mount answers and the server is on its own: skip the interpreter's teardown of pyfuse3,
+        # trio and the index (~20 ms of the caller's wait)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

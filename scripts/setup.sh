@@ -33,3 +33,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e '.[test]'
     touch "$stamp"
 fi
+# byte-compile the sources (an editable install does not): where PYTHONDONTWRITEBYTECODE is set,
+# every strata-overlay start would compile unionfs/ and cli/ again, ~20 ms of each mount
+.venv/bin/python -m compileall -q unionfs cli store >/dev/null || true

@@ -13,12 +13,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .changes import Change, iter_changes
-from .index import load_or_build
-from .probe import ProbeLower
+from .index import load_or_build, realpaths
 from .upper import Upper
 
-__all__ = ["MountSpec", "MountError", "mount", "unmount", "mount_state", "iter_changes", "Change"]
+__all__ = ["MountSpec", "MountError", "mount", "unmount", "mount_state"]  # (+ iter_changes, Change: lazily)
+
+
+def __getattr__(name: str):
+    # re-exported lazily: a mount does not need the changes code
+    if name in ("iter_changes", "Change"):
+        from . import changes
+
+        return getattr(changes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 READY_TIMEOUT = 30.0
 
@@ -57,7 +64,14 @@ def _prepare(spec: MountSpec, mountpoint: Path):
 
     if not spec.lowers:
         raise MountError("no lower directory given")
-    lowers = [_check_dir(p, "lower directory") for p in spec.lowers]
+    try:
+        real = realpaths(spec.lowers)  # (one realpath per lower costs ~60 ms for 1000 layers)
+    except OSError as e:
+        raise MountError(f"lower directory: {e.strerror}") from None
+    for p, rp in zip(spec.lowers, real, strict=True):
+        if not os.path.isdir(rp):
+            raise MountError(f"lower directory {p} is not a directory")
+    lowers = real
     state = mount_state(Path(os.path.abspath(mountpoint)))
     if state == "dead":
         raise MountError(f"{mountpoint} is a dead mount (its server is gone); unmount it first")
@@ -90,6 +104,8 @@ def _prepare(spec: MountSpec, mountpoint: Path):
                 cache_dir = Path(os.path.realpath(spec.work)) / "strata"
             lower = load_or_build(lowers, spec.index_cache, cache_dir)
         else:
+            from .probe import ProbeLower
+
             lower = ProbeLower(lowers)
     except OSError as e:
         raise MountError(f"cannot read lower layers: {e}") from None
