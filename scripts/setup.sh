@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc patch python3 python3-venv python3-dev
               skopeo umoci fuse-overlayfs docker-registry jq zstd attr curl openssl tar gzip podman buildah crun runc)
 
 missing=()
@@ -26,6 +26,19 @@ fi
 # mount(8) runs `mount -t fuse.strata-overlay` helpers from a fixed PATH: make ours findable there.
 if [ "$(id -u)" -eq 0 ] && [ -d /usr/local/bin ]; then
     ln -sfn "$PWD/.venv/bin/strata-overlay" /usr/local/bin/strata-overlay
+fi
+# pyfuse3 (built from source on every install anyway) gets two small additions strata needs:
+# fallocate(2), and directory handles whose listings the kernel may cache. See scripts/pyfuse3.patch.
+PYFUSE3=3.5.0
+if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit("cache_readdir" not in dir(pyfuse3.FileInfo))' 2>/dev/null; then
+    echo "setup: building pyfuse3 $PYFUSE3 with scripts/pyfuse3.patch" >&2
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    .venv/bin/python -m pip download -q --no-deps --no-binary pyfuse3 "pyfuse3==$PYFUSE3" -d "$build" 2>/dev/null
+    tar -xzf "$build/pyfuse3-$PYFUSE3.tar.gz" -C "$build"
+    patch -s -p1 -d "$build/pyfuse3-$PYFUSE3" < scripts/pyfuse3.patch
+    rm -f "$build/pyfuse3-$PYFUSE3/src/pyfuse3/__init__.c"  # generated from the unpatched sources
+    .venv/bin/python -m pip install -q "$build/pyfuse3-$PYFUSE3"
 fi
 stamp=.venv/.strata-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -35,11 +35,24 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Kernel-cached listings and fallocate need the pyfuse3 that scripts/setup.sh builds with
+# scripts/pyfuse3.patch; with a stock pyfuse3 listings go to the server and fallocate fails.
+CACHE_READDIR = "cache_readdir" in dir(pyfuse3.FileInfo)
 
 
 def renameat2(src: bytes, dst: bytes, flags: int) -> None:
     """renameat2(2) (os.rename has no flags)."""
     if _libc.renameat2(-100, src, -100, dst, ctypes.c_uint(flags)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode (os.posix_fallocate has none)."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 
@@ -500,10 +513,14 @@ class UnionOperations(pyfuse3.Operations):
         return os.readlink(self._real(self._node(inode)))
 
     @_fuse_errors
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         node = self._node(inode)
         self.next_dh += 1
         self.dirs[self.next_dh] = [node, None]
+        if CACHE_READDIR:
+            # Lower listings never change, and every change to the upper goes through this mount,
+            # where the kernel drops the cached listing of each directory it changes.
+            return pyfuse3.FileInfo(fh=self.next_dh, keep_cache=True, cache_readdir=True)
         return self.next_dh
 
     @_fuse_errors
@@ -600,6 +617,11 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+
+    @_fuse_errors
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        # The kernel passes only handles opened for writing, so *fh* is a file of the upper layer.
+        await trio.to_thread.run_sync(fallocate, fh, mode, offset, length)
 
     @_fuse_errors
     async def create(

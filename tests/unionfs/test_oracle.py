@@ -53,6 +53,7 @@ def op_strategy(candidates: list[str]):
     return st.one_of(
         st.tuples(st.just("write"), p, st.binary(max_size=12), st.booleans()),
         st.tuples(st.just("truncate"), p, st.integers(0, 40)),
+        st.tuples(st.just("fallocate"), p, st.sampled_from([0, 1, 3]), st.integers(0, 30), st.integers(1, 30)),
         st.tuples(st.just("chmod"), p, modes),
         st.tuples(st.just("chown"), p, st.integers(0, 2), st.integers(0, 2)),
         st.tuples(st.just("rename"), p, p, st.sampled_from([0, 0, 0, 1, 2])),
@@ -115,6 +116,13 @@ def apply(root: Path, op: tuple) -> int:
                 os.close(fd)
         elif kind == "truncate":
             os.truncate(path, op[2])
+        elif kind == "fallocate":  # mode 0, KEEP_SIZE, PUNCH_HOLE | KEEP_SIZE
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                if _libc.fallocate(fd, op[2], ctypes.c_int64(op[3]), ctypes.c_int64(op[4])) != 0:
+                    raise OSError(ctypes.get_errno(), "fallocate")
+            finally:
+                os.close(fd)
         elif kind == "chmod":
             os.chmod(path, op[2])
         elif kind == "chown":
