@@ -34,7 +34,7 @@ if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit("cache_readdir" not in d
     echo "setup: building pyfuse3 $PYFUSE3 with scripts/pyfuse3.patch" >&2
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT
-    .venv/bin/python -m pip download -q --no-deps --no-binary pyfuse3 "pyfuse3==$PYFUSE3" -d "$build" 2>/dev/null
+    .venv/bin/python -m pip download -q --no-deps --no-binary pyfuse3 "pyfuse3==$PYFUSE3" -d "$build"
     tar -xzf "$build/pyfuse3-$PYFUSE3.tar.gz" -C "$build"
     patch -s -p1 -d "$build/pyfuse3-$PYFUSE3" < scripts/pyfuse3.patch
     rm -f "$build/pyfuse3-$PYFUSE3/src/pyfuse3/__init__.c"  # generated from the unpatched sources
