@@ -27,10 +27,10 @@ fi
 if [ "$(id -u)" -eq 0 ] && [ -d /usr/local/bin ]; then
     ln -sfn "$PWD/.venv/bin/strata-overlay" /usr/local/bin/strata-overlay
 fi
-# pyfuse3 (built from source on every install anyway) gets two small additions strata needs:
-# fallocate(2), and directory handles whose listings the kernel may cache. See scripts/pyfuse3.patch.
+# pyfuse3 (built from source on every install anyway) gets small additions strata needs:
+# fallocate(2), kernel-cached listings and skipped opens. See scripts/pyfuse3.patch.
 PYFUSE3=3.5.0
-if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit("cache_readdir" not in dir(pyfuse3.FileInfo))' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) < 2)' 2>/dev/null; then
     echo "setup: building pyfuse3 $PYFUSE3 with scripts/pyfuse3.patch" >&2
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT

@@ -35,9 +35,10 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
-# Kernel-cached listings and fallocate need the pyfuse3 that scripts/setup.sh builds with
-# scripts/pyfuse3.patch; with a stock pyfuse3 listings go to the server and fallocate fails.
-CACHE_READDIR = "cache_readdir" in dir(pyfuse3.FileInfo)
+# Kernel-cached listings, skipped opens and fallocate need the pyfuse3 that scripts/setup.sh
+# builds with scripts/pyfuse3.patch; with a stock pyfuse3 all of it goes the long way (or fails).
+PATCHED_PYFUSE3 = getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) >= 2
+LOWER_FDS = 256  # lower files kept open for reads on a read-only mount
 
 
 def renameat2(src: bytes, dst: bytes, flags: int) -> None:
@@ -141,6 +142,11 @@ class UnionOperations(pyfuse3.Operations):
         self.locks: dict[int, trio.Lock] = {}
         self._groups: dict[int, list[int]] | None = None
         self._lattr: dict[int, pyfuse3.EntryAttributes] = {}
+        # Nothing under a read-only mount changes, so open/opendir answer ENOSYS: the kernel then
+        # stops sending OPEN, OPENDIR and RELEASE, caches file data and listings itself, and reads
+        # and listings arrive with the inode number as handle.
+        self.no_open = upper is None and PATCHED_PYFUSE3
+        self.fds: dict[int, int] = {}  # no_open: inode -> fd of the lower file serving it
 
     # ------------------------------------------------------------------------------ helpers
     def _node(self, ino: int) -> Node:
@@ -503,6 +509,9 @@ class UnionOperations(pyfuse3.Operations):
             node.nlookup -= n
             if node.nlookup <= 0 and ino != pyfuse3.ROOT_INODE:
                 del self.nodes[ino]
+                fd = self.fds.pop(ino, None)
+                if fd is not None:
+                    os.close(fd)
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -515,9 +524,11 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         node = self._node(inode)
+        if self.no_open:
+            raise _err(errno.ENOSYS)
         self.next_dh += 1
         self.dirs[self.next_dh] = [node, None]
-        if CACHE_READDIR:
+        if PATCHED_PYFUSE3:
             # Lower listings never change, and every change to the upper goes through this mount,
             # where the kernel drops the cached listing of each directory it changes.
             return pyfuse3.FileInfo(fh=self.next_dh, keep_cache=True, cache_readdir=True)
@@ -525,7 +536,13 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        d = self.dirs[fh]
+        d = self.dirs.get(fh)
+        if d is None and self.no_open:  # *fh* is the directory's inode
+            if len(self.dirs) >= 1024:  # listings of a read-only mount: only a cache
+                self.dirs.clear()
+            d = self.dirs[fh] = [self._node(fh), None]
+        elif d is None:
+            raise _err(errno.EBADF)
         node = d[0]
         if start_id == 0 or d[1] is None:
             d[1] = self._listing(node)
@@ -588,39 +605,56 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
+        if self.no_open:
+            raise _err(errno.ENOSYS)
         write = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if write:
             self._rw()
             await self._copy_up(node, data=not flags & os.O_TRUNC)
         fl = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND)
-        if node.upper:
-            fd = os.open(self._real(node), fl | os.O_NOFOLLOW)
-        else:  # reading must not touch the (shared, immutable) lower file's atime
-            try:
-                fd = os.open(self._real(node), fl | os.O_NOFOLLOW | os.O_NOATIME)
-            except PermissionError:
-                fd = os.open(self._real(node), fl | os.O_NOFOLLOW)
+        fd = os.open(self._real(node), fl | os.O_NOFOLLOW) if node.upper else self._open_lower(node, fl)
         return pyfuse3.FileInfo(fh=fd, keep_cache=not node.upper)
+
+    def _open_lower(self, node: Node, flags: int) -> int:
+        try:  # reading must not touch the (shared, immutable) lower file's atime
+            return os.open(self._real(node), flags | os.O_NOFOLLOW | os.O_NOATIME)
+        except PermissionError:
+            return os.open(self._real(node), flags | os.O_NOFOLLOW)
+
+    def _lower_fd(self, ino: int) -> int:
+        """no_open: a descriptor of the lower file serving *ino*, kept open until forget or evicted."""
+        fd = self.fds.get(ino)
+        if fd is None:
+            if len(self.fds) >= LOWER_FDS:
+                os.close(self.fds.pop(next(iter(self.fds))))
+            fd = self.fds[ino] = self._open_lower(self._node(ino), os.O_RDONLY)
+        return fd
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(fh, size, off)
+        return os.pread(self._lower_fd(fh) if self.no_open else fh, size, off)
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if self.no_open:  # the mount is read-only; *fh* would be an inode, not a descriptor
+            raise _err(errno.EROFS)
         return os.pwrite(fh, buf, off)
 
     @_fuse_errors
     async def release(self, fh: int) -> None:
-        os.close(fh)
+        if not self.no_open:  # (never sent for files the kernel opened without us)
+            os.close(fh)
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if self.no_open:  # nothing written, nothing to sync
+            return
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
 
     @_fuse_errors
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         # The kernel passes only handles opened for writing, so *fh* is a file of the upper layer.
+        self._rw()
         await trio.to_thread.run_sync(fallocate, fh, mode, offset, length)
 
     @_fuse_errors
