@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,10 +19,12 @@ from isal import igzip_threaded
 from . import changes as config_changes
 from . import mediatypes as mt
 from . import reference
-from .blobs import tmp_prefix
 from .images import ImageRecord, LayerRef
 from .layers import chain_ids
 from .store import Store, now_rfc3339
+from .tarlayer import Unpacker
+
+BLOCK = 1 << 20  # tar copy chunk and compression block
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ChangedPath:
     opaque: bool = False  # a directory that hides everything below it
 
 
-def _tarinfo(name: str, path: Path, keep_xattr: Callable[[str], bool]) -> tarfile.TarInfo:
+def _tarinfo(name: str, path: Path, keep_xattr: Callable[[str], bool]) -> tuple[tarfile.TarInfo, os.stat_result]:
     st = os.lstat(path)
     info = tarfile.TarInfo(name)
     info.mode = stat.S_IMODE(st.st_mode)
@@ -59,7 +60,7 @@ def _tarinfo(name: str, path: Path, keep_xattr: Callable[[str], bool]) -> tarfil
         if keep_xattr(key):
             value = os.getxattr(path, key, follow_symlinks=False)
             info.pax_headers["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
-    return info
+    return info, st
 
 
 def _marker(name: str) -> tarfile.TarInfo:
@@ -68,41 +69,88 @@ def _marker(name: str) -> tarfile.TarInfo:
     return info
 
 
-def write_changeset(changes: Iterable[ChangedPath], out: BinaryIO, keep_xattr: Callable[[str], bool]) -> None:
-    """A reproducible layer tar: entries sorted by path, normalised headers, hard links as links."""
+class _Tee:
+    """Reads a file for the tar and writes every chunk it hands out to `copy` as well."""
+
+    def __init__(self, src: BinaryIO, copy: BinaryIO) -> None:
+        self.src, self.copy = src, copy
+
+    def read(self, n: int) -> bytes:
+        data = self.src.read(n)
+        while data and len(data) < n and (more := self.src.read(n - len(data))):
+            data += more  # a short read that is not the end: tarfile wants whole chunks
+        self.copy.write(data)
+        return data
+
+
+class _Offset:
+    """A writer that knows how much went through it: tarfile's seekless "w" mode asks `tell()`."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.offset = out, 0
+
+    def write(self, data: bytes) -> int:
+        self.out.write(data)
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+
+def write_changeset(
+    changes: Iterable[ChangedPath],
+    out: BinaryIO,
+    keep_xattr: Callable[[str], bool],
+    unpacker: Unpacker | None = None,
+) -> None:
+    """A reproducible layer tar: entries sorted by path, normalised headers, hard links as links.
+
+    With `unpacker`, every entry is also materialised there, file content from the very bytes the
+    tar gets, so the layer directory holds exactly what the tar says without reading it back.
+    """
     links: dict[tuple[int, int], str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    # "w", not the stream mode "w|", which re-slices every write into 10 KiB records
+    with tarfile.open(fileobj=_Offset(out), mode="w", format=tarfile.PAX_FORMAT, copybufsize=BLOCK) as tar:  # type: ignore[call-overload]
+
+        def entry(info: tarfile.TarInfo, src: Path | None = None) -> None:
+            if src is None:
+                tar.addfile(info)
+                if unpacker is not None:
+                    unpacker.add(info)
+                return
+            with open(src, "rb", buffering=0) as f:
+                if unpacker is None:
+                    tar.addfile(info, f)
+                else:
+                    unpacker.add(info, lambda copy: tar.addfile(info, _Tee(f, copy)))
+
         for ch in sorted(changes, key=lambda c: c.path.encode()):
             name = ch.path.strip("/")
             if not name:
                 continue
             if ch.kind == "D":
-                tar.addfile(_marker(os.path.join(os.path.dirname(name), ".wh." + os.path.basename(name))))
+                entry(_marker(os.path.join(os.path.dirname(name), ".wh." + os.path.basename(name))))
                 continue
             assert ch.source is not None
-            info = _tarinfo(name, ch.source, keep_xattr)
-            st = os.lstat(ch.source)
+            info, st = _tarinfo(name, ch.source, keep_xattr)
             if info.isreg() and st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
                 if key in links:
                     info.type, info.linkname, info.size = tarfile.LNKTYPE, links[key], 0
-                    tar.addfile(info)
+                    entry(info)
                     continue
                 links[key] = name
-            if info.isreg():
-                with open(ch.source, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
+            entry(info, ch.source if info.isreg() else None)
             if ch.opaque and info.isdir():
-                tar.addfile(_marker(name + "/.wh..wh..opq"))
+                entry(_marker(name + "/.wh..wh..opq"))
 
 
 @contextmanager
 def _compressor(dst: BinaryIO, compression: str) -> Iterator[BinaryIO]:
     """A writer that compresses into `dst` on every core (same bytes for the same input)."""
     if compression == "gzip":
-        with igzip_threaded.open(dst, "wb", compresslevel=1, threads=-1) as z:
+        with igzip_threaded.open(dst, "wb", compresslevel=1, threads=-1, block_size=BLOCK) as z:
             yield z  # type: ignore[misc]
     elif compression == "zstd":
         with zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(dst, closefd=False) as z:
@@ -112,17 +160,34 @@ def _compressor(dst: BinaryIO, compression: str) -> Iterator[BinaryIO]:
 
 
 class _Fanout:
-    """The layer tar goes once through: the diffID hash, the compressor, and a plain copy to unpack."""
+    """The layer tar goes once through the diffID hash and the compressor, in whole `BLOCK`s.
 
-    def __init__(self, *sinks: BinaryIO) -> None:
-        self.sinks = sinks
+    The threaded gzip writer compresses each block it gets separately (primed with the previous
+    block's tail), so fixed blocks make the blob depend on the tar's bytes only, never on how they
+    were written; they also spare it the thousands of small writes of a tree of small files.
+    """
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self.sink = sink
         self.hash = hashlib.sha256()
+        self.buf = bytearray()
 
     def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        for s in self.sinks:
-            s.write(data)
+        self.buf += data
+        if len(self.buf) >= BLOCK:
+            self._emit(len(self.buf) - len(self.buf) % BLOCK)
         return len(data)
+
+    def close(self) -> None:
+        self._emit(len(self.buf))
+
+    def _emit(self, n: int) -> None:
+        with memoryview(self.buf) as view:
+            for start in range(0, n, BLOCK):
+                with view[start : min(start + BLOCK, n)] as block:
+                    self.hash.update(block)
+                    self.sink.write(block)
+        del self.buf[:n]
 
 
 def commit(
@@ -142,15 +207,14 @@ def commit(
     container_config = config_changes.apply(dict(config.get("config") or {}), list(config_edits))
     parent = chain_ids([x.diff_id for x in image.layers])[-1] if image.layers else None
     store.hold_ingest_lease()
-    with tempfile.TemporaryDirectory(dir=store.blobs.tmp, prefix=tmp_prefix("commit")) as work:
-        plain = Path(work) / "layer.tar"
-        with store.blobs.writer(what="committed layer") as blob, open(plain, "wb") as copy:
+    # one pass: the tar is hashed and compressed as its entries are made in the new layer directory
+    with store.layers.build(parent) as build:
+        with store.blobs.writer(what="committed layer") as blob:
             with _compressor(blob, compression) as packed:  # type: ignore[arg-type]
-                fan = _Fanout(copy, packed)
-                write_changeset(changes, fan, keep_xattr)  # type: ignore[arg-type]
-        diff_id = "sha256:" + fan.hash.hexdigest()
-        with open(plain, "rb") as f:
-            unpacked = store.layers.unpack(f, parent, diff_id, "committed layer")  # verifies the diffID again
+                fan = _Fanout(packed)
+                write_changeset(changes, fan, keep_xattr, build.unpacker)  # type: ignore[arg-type]
+                fan.close()
+        unpacked = build.install("sha256:" + fan.hash.hexdigest())
     layer = LayerRef(blob.digest, mt.layer_type_for(compression), blob.size, unpacked.diff_id)
     created = now_rfc3339()
     config["config"] = container_config

@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +23,7 @@ from . import digest as dg
 from .blobs import tmp_prefix
 from .compression import DECOMPRESS_ERRORS, open_decompressed
 from .errors import InvalidInput, NotFound
-from .tarlayer import unpack
+from .tarlayer import Unpacker, unpack
 
 
 def chain_id(parent: str | None, diff_id: str) -> str:
@@ -92,19 +94,38 @@ class LayerStore:
                 raise InvalidInput(f"{what}: corrupt or truncated data ({e})") from None
             dg.check(hashing.digest, diff_id, f"{what} (uncompressed)")
             layer = Layer(chain_id(parent, hashing.digest), hashing.digest, parent, result.size, result.lost)
-            if self.has(layer.chain_id):
-                return self.get(layer.chain_id)
-            (work / "layer.json").write_text(json.dumps(asdict(layer)))
-            _syncfs(work)  # the layer's files reach the disk before the rename makes it visible
-            try:
-                os.rename(work, self._home(layer.chain_id))
-            except OSError:
-                if not self.has(layer.chain_id):  # not a concurrent writer's win: a real error
-                    raise
-            return layer
+            return self._install(work, layer)
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
+
+    @contextmanager
+    def build(self, parent: str | None) -> Iterator[LayerBuild]:
+        """A layer made entry by entry on top of chain `parent`, without a tar to unpack.
+
+        The caller adds every entry to `.unpacker` while it writes the same entries as the layer
+        tar, then calls `.install(diff_id)` with that tar's digest. Nothing is kept unless it does.
+        """
+        work = Path(tempfile.mkdtemp(dir=self.tmp, prefix=tmp_prefix("layer")))
+        try:
+            (work / "diff").mkdir()
+            yield LayerBuild(self, work, parent, Unpacker(work / "diff", self._lowers(parent)))
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _install(self, work: Path, layer: Layer) -> Layer:
+        """Make the complete layer in `work` visible (or return the record of the one already there)."""
+        if self.has(layer.chain_id):
+            return self.get(layer.chain_id)
+        (work / "layer.json").write_text(json.dumps(asdict(layer)))
+        _syncfs(work)  # the layer's files reach the disk before the rename makes it visible
+        try:
+            os.rename(work, self._home(layer.chain_id))
+        except OSError:
+            if not self.has(layer.chain_id):  # not a concurrent writer's win: a real error
+                raise
+        return layer
 
     def _lowers(self, chain: str | None) -> list[Path]:
         """Directories of the layer `chain` and those below it, topmost first."""
@@ -122,6 +143,24 @@ class LayerStore:
         grave = Path(tempfile.mkdtemp(dir=self.tmp, prefix=tmp_prefix("rmlayer")))
         os.rename(home, grave / "x")
         shutil.rmtree(grave, ignore_errors=True)
+
+
+@dataclass
+class LayerBuild:
+    """A layer being built by `LayerStore.build`."""
+
+    store: LayerStore
+    work: Path
+    parent: str | None
+    unpacker: Unpacker
+
+    def install(self, diff_id: str) -> Layer:
+        """Finish the directory and make it the layer with this diffID (the tar the entries formed)."""
+        dg.validate(diff_id)
+        self.unpacker.finish()
+        r = self.unpacker.result
+        layer = Layer(chain_id(self.parent, diff_id), diff_id, self.parent, r.size, r.lost)
+        return self.store._install(self.work, layer)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

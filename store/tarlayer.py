@@ -15,6 +15,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -53,7 +54,9 @@ def xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
     return out
 
 
-class _Unpacker:
+class Unpacker:
+    """Materialises tar entries one at a time into `root`; `finish` once every entry is added."""
+
     def __init__(self, root: Path, lowers: list[Path]) -> None:
         self.root = root
         self.lowers = lowers
@@ -108,7 +111,8 @@ class _Unpacker:
         else:
             path.unlink()
 
-    def add(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    def add(self, m: tarfile.TarInfo, write: Callable[[BinaryIO], None] | None = None) -> None:
+        """Add entry `m`; for a regular file, `write(dst)` puts its content into the new, open file."""
         rel = safe_name(m.name)
         self.result.entries += 1
         if rel == "":
@@ -123,10 +127,9 @@ class _Unpacker:
                 path.mkdir(mode=0o700)
             self.dirs[rel] = -1
         elif m.isreg():
-            src = tar.extractfile(m)
-            assert src is not None
             with open(path, "xb") as f:
-                shutil.copyfileobj(src, f, CHUNK)
+                if write is not None:
+                    write(f)
             self.result.size += m.size
         elif m.issym():
             target = m.linkname
@@ -185,15 +188,24 @@ def unpack(stream: BinaryIO, root: Path, lowers: list[Path] = ()) -> UnpackResul
     `lowers` are the directories of the layers below (topmost first), consulted for the metadata
     of directories the tar implies without listing them.
     """
-    unpacker = _Unpacker(root, list(lowers))
+    unpacker = Unpacker(root, list(lowers))
     try:
         with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
             for member in tar:
-                unpacker.add(tar, member)
+                unpacker.add(member, _content_of(tar, member))
     except tarfile.TarError as e:
         raise InvalidInput(f"layer tar is truncated or corrupt: {e}") from None
     unpacker.finish()
     return unpacker.result
+
+
+def _content_of(tar: tarfile.TarFile, m: tarfile.TarInfo) -> Callable[[BinaryIO], None]:
+    def write(dst: BinaryIO) -> None:
+        src = tar.extractfile(m)
+        assert src is not None
+        shutil.copyfileobj(src, dst, CHUNK)
+
+    return write
 
 
 def _lstat(path: Path) -> os.stat_result | None:
