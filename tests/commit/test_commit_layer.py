@@ -6,9 +6,15 @@ import os
 import shutil
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
+import pytest
+
+from store.commit import _LayerWriter
+from store.errors import InvalidInput
 from store.store import Store
+from store.tarlayer import Unpacker
 from tests.helpers import dump_tree, gnu_untar, strata
 
 
@@ -52,3 +58,30 @@ def test_layer_directory_equals_the_blob_gnu_tar_extracts(root: Path, image_layo
     names = listing(layer)
     assert "etc/motd" in names and ".wh.keep.txt" in names and "olddir/.wh..wh..opq" in names
     assert os.stat(layer / "data/third-link").st_nlink > 1 and stat.S_ISCHR(os.lstat(layer / "data/null").st_mode)
+
+
+def _file(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info
+
+
+def test_layer_writer_hands_its_error_to_the_producer(tmp_path: Path) -> None:
+    (tmp_path / "layer").mkdir()
+    with pytest.raises(InvalidInput, match="outside the layer"):
+        with _LayerWriter(Unpacker(tmp_path / "layer", [])) as layer:
+            layer.add(_file("../escape", 3))
+            layer.write(b"abc")
+            for i in range(100):  # more than the queue holds: the producer must not block
+                layer.add(_file(f"f{i}", 1 << 20))
+                layer.write(bytes(1 << 20))
+
+
+def test_layer_writer_stops_when_the_producer_fails_mid_file(tmp_path: Path) -> None:
+    (tmp_path / "layer").mkdir()
+    with pytest.raises(RuntimeError, match="source shrank"):
+        with _LayerWriter(Unpacker(tmp_path / "layer", [])) as layer:
+            layer.add(_file("big", 3 << 20))
+            layer.write(bytes(2 << 20))
+            raise RuntimeError("source shrank")
+    assert not layer.thread.is_alive()
