@@ -294,8 +294,8 @@ def commit(
         with store.blobs.writer(what="committed layer") as blob:
             with _compressor(blob, compression) as packed:  # type: ignore[arg-type]
                 fan = _Fanout(packed)
-                with _LayerWriter(build.unpacker) as layer:
-                    write_changeset(changes, fan, keep_xattr, layer)  # type: ignore[arg-type]
+                with _LayerWriter(build.unpacker) as writer:
+                    write_changeset(changes, fan, keep_xattr, writer)  # type: ignore[arg-type]
                 fan.close()
         unpacked = build.install("sha256:" + fan.hash.hexdigest())
     layer = LayerRef(blob.digest, mt.layer_type_for(compression), blob.size, unpacked.diff_id)
