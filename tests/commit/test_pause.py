@@ -28,6 +28,9 @@ def test_paused_mount_holds_writes_but_serves_reads(root: Path, mounted: Path) -
     c = Store(root).containers.find("busy")
     work = Store(root).containers.work(c.id)
     assert c.mount_pid
+    # Looked up before the pause: a lookup of a name not yet cached would wait, in the kernel, for
+    # the directory lock that the paused create below holds (as on any filesystem).
+    assert (mounted / "hello.txt").read_text()
     pause(c.mount_pid, work)
     done = threading.Event()
 
