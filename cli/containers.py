@@ -108,6 +108,8 @@ def _split_dirs(text: str) -> list[Path]:
 @click.option("--upper", type=click.Path(path_type=Path), help="With --lower: the writable upper directory.")
 @click.option("--work", type=click.Path(path_type=Path), help="With --lower: the work directory.")
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
+@click.option("--dev", is_flag=True, help="Let device nodes in the tree work (default: nodev).")
+@click.option("--suid", is_flag=True, help="Let set-user/group-ID bits take effect (default: nosuid).")
 @click.option("--no-index", is_flag=True, help="Probe layers one by one instead of using the precompiled index.")
 @click.option("-f", "--foreground", is_flag=True, help="Serve in the foreground until unmounted or interrupted.")
 @click.option("--debug", is_flag=True, help="Log every request (implies --foreground).")
@@ -119,6 +121,8 @@ def mount(
     upper: Path | None,
     work: Path | None,
     allow_other: bool,
+    dev: bool,
+    suid: bool,
     no_index: bool,
     foreground: bool,
     debug: bool,
@@ -128,10 +132,11 @@ def mount(
         fail("too many arguments: expected [CONTAINER|IMAGE] MOUNTPOINT")
     target, mountpoint = (args[0] if len(args) == 2 else None), Path(args[-1])
     foreground = foreground or debug
+    how = {"use_index": not no_index, "allow_other": allow_other, "dev": dev, "suid": suid, "debug": debug}
     if lower is not None:
         if target is not None:
             fail("give either --lower or a CONTAINER|IMAGE, not both")
-        spec = MountSpec(_split_dirs(lower), upper, work, use_index=not no_index, allow_other=allow_other, debug=debug)
+        spec = MountSpec(_split_dirs(lower), upper, work, **how)
         _do_mount(spec, mountpoint, foreground)
         return
     if target is None:
@@ -144,28 +149,14 @@ def mount(
     if c is None:
         image = store.resolve(target)
         if not read_write:
-            spec = MountSpec(
-                store.layer_dirs(image),
-                index_cache=store.index_cache(image),
-                use_index=not no_index,
-                allow_other=allow_other,
-                debug=debug,
-            )
+            spec = MountSpec(store.layer_dirs(image), index_cache=store.index_cache(image), **how)
             _do_mount(spec, mountpoint, foreground)
             return
         c = store.create_container(target, throwaway=True)
     if c.mountpoint and mount_state(Path(c.mountpoint)) == "mounted":
         fail(f"container {c.name} is already mounted at {c.mountpoint}")
     stack = store.stack(c.id)
-    spec = MountSpec(
-        stack.lowers,
-        stack.upper,
-        stack.work,
-        index_cache=stack.index_cache,
-        use_index=not no_index,
-        allow_other=allow_other,
-        debug=debug,
-    )
+    spec = MountSpec(stack.lowers, stack.upper, stack.work, index_cache=stack.index_cache, **how)
     c.mountpoint = str(mountpoint.resolve())
     if not foreground:
         c.mount_pid = _do_mount(spec, mountpoint, False)

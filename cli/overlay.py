@@ -27,10 +27,6 @@ IGNORED_FLAGS = {
     "",
     "rw",
     "ro",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
     "exec",
     "noexec",
     "atime",
@@ -176,6 +172,9 @@ def parse_args(argv: list[str]) -> dict:
         "index_cache": None,
         "use_index": not os.environ.get("STRATA_OVERLAY_NOINDEX"),
         "allow_other": os.geteuid() == 0,
+        # a container's rootfs needs its device nodes and set-id programs, as with fuse-overlayfs
+        "dev": True,
+        "suid": True,
     }
     for group in opts:
         for o in _split_options(group):
@@ -193,6 +192,8 @@ def parse_args(argv: list[str]) -> dict:
                 raise UsageError(f"{o}: squashing ownership is not supported")
             elif key == "allow_other":
                 res["allow_other"] = True
+            elif key in ("dev", "nodev", "suid", "nosuid"):
+                res[key.removeprefix("no")] = not key.startswith("no")
             elif key == "strata_noindex":
                 res["use_index"] = False
             elif key == "strata_index" and eq:
@@ -238,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             index_cache=a["index_cache"],
             use_index=a["use_index"],
             allow_other=a["allow_other"],
+            dev=a["dev"],
+            suid=a["suid"],
             debug=a["debug"],
         )
         mount(spec, a["mountpoint"], foreground=a["foreground"])

@@ -27,6 +27,7 @@ def __getattr__(name: str):
         return getattr(changes, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 READY_TIMEOUT = 30.0
 
 
@@ -42,6 +43,8 @@ class MountSpec:
     index_cache: Path | None = None
     use_index: bool = True
     allow_other: bool = False
+    dev: bool = False  # device nodes and set-id bits work only when asked for (root only)
+    suid: bool = False
     debug: bool = False
     fsname: str = field(default="strata-overlay")
 
@@ -118,9 +121,9 @@ def _options(spec: MountSpec) -> set[str]:
         opts.add("allow_other")
     if spec.upper is None:
         opts.add("ro")
-    if os.geteuid() == 0:
-        opts.add("dev")
-        opts.add("suid")
+    root = os.geteuid() == 0
+    opts.add("dev" if spec.dev and root else "nodev")
+    opts.add("suid" if spec.suid and root else "nosuid")
     if spec.debug:
         opts.add("debug")
     return opts

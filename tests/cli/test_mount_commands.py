@@ -37,6 +37,15 @@ def test_image_mounts_read_only(root: Path, image: str, mnt: Path) -> None:
     assert not is_mounted(mnt)
 
 
+def test_browsing_mounts_are_nodev_nosuid_unless_asked(root: Path, image: str, mnt: Path) -> None:
+    for flags, want in (((), os.ST_NODEV | os.ST_NOSUID), (("--dev", "--suid"), 0), (("--suid",), os.ST_NODEV)):
+        strata(root, "mount", *flags, image, str(mnt))
+        try:
+            assert os.statvfs(mnt).f_flag & (os.ST_NODEV | os.ST_NOSUID) == want, flags
+        finally:
+            strata(root, "umount", str(mnt))
+
+
 def test_read_write_image_mount_uses_a_throwaway_container(root: Path, image: str, mnt: Path) -> None:
     strata(root, "mount", "--read-write", image, str(mnt))
     (mnt / "etc/new").write_text("x")

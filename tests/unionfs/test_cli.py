@@ -144,6 +144,20 @@ def test_read_only_without_upperdir(dirs, mounts) -> None:
 
 
 @needs_fuse
+def test_devices_and_setid_as_fuse_overlayfs_unless_turned_off(dirs, mounts) -> None:
+    """A container's rootfs keeps its device nodes and set-id programs; -o nodev/nosuid are honoured."""
+    mounts.add(dirs["mnt"])
+    for extra, want in (("", 0), (",nodev", os.ST_NODEV), (",nosuid,nodev", os.ST_NOSUID | os.ST_NODEV)):
+        cmd = [*PROG, "-o", f"lowerdir={dirs['l1']}:{dirs['l2']}{extra}", str(dirs["mnt"])]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        try:
+            assert os.statvfs(dirs["mnt"]).f_flag & (os.ST_NODEV | os.ST_NOSUID) == want, extra
+        finally:
+            subprocess.run(["umount", str(dirs["mnt"])], check=True)
+
+
+@needs_fuse
 @pytest.mark.skipif(shutil.which("mount.fuse3") is None, reason="needs mount.fuse3")
 def test_mount_t_fuse(dirs, mounts) -> None:
     """mount(8) -> mount.fuse3 -> strata-overlay SOURCE MOUNTPOINT -o OPTS."""
