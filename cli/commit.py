@@ -11,7 +11,8 @@ import click
 
 from cli.common import fail, get_store, user_errors
 from store.commit import ChangedPath, commit, write_changeset
-from unionfs.mount import MountError, MountSpec, iter_changes, mount, mount_state, unmount
+from unionfs.changes import iter_changes
+from unionfs.mount import MountError, MountSpec, mount, mount_state, unmount
 from unionfs.pause import pause as pause_writes
 from unionfs.pause import resume as resume_writes
 from unionfs.whiteout import is_private_xattr

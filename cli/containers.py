@@ -14,7 +14,8 @@ from store import views
 from store.containers import Container
 from store.errors import Conflict, NotFound
 from store.store import Store
-from unionfs.mount import MountError, MountSpec, iter_changes, mount_state, unmount
+from unionfs.changes import iter_changes
+from unionfs.mount import MountError, MountSpec, mount_state, unmount
 from unionfs.mount import mount as fuse_mount
 
 

@@ -16,17 +16,7 @@ from pathlib import Path
 from .index import load_or_build, realpaths
 from .upper import Upper
 
-__all__ = ["MountSpec", "MountError", "mount", "unmount", "mount_state"]  # (+ iter_changes, Change: lazily)
-
-
-def __getattr__(name: str):
-    # re-exported lazily: a mount does not need the changes code
-    if name in ("iter_changes", "Change"):
-        from . import changes
-
-        return getattr(changes, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__all__ = ["MountSpec", "MountError", "mount", "unmount", "mount_state"]
 
 READY_TIMEOUT = 30.0
 
