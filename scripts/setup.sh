@@ -30,7 +30,7 @@ fi
 # pyfuse3 (built from source on every install anyway) gets small additions strata needs:
 # fallocate(2), kernel-cached listings and skipped opens. See scripts/pyfuse3.patch.
 PYFUSE3=3.5.0
-if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) < 2)' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) < 3)' 2>/dev/null; then
     echo "setup: building pyfuse3 $PYFUSE3 with scripts/pyfuse3.patch" >&2
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT

@@ -19,11 +19,12 @@ import logging
 import os
 import stat
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
-import trio
 
+if TYPE_CHECKING:
+    import trio
 from .upper import K_DIR, K_FILE, K_OPQ, K_WH, Upper, copy_dir_meta, copy_node
 from .whiteout import OPAQUE_NAME, WH_PREFIX, is_private_xattr, is_whiteout_stat
 
@@ -379,6 +380,8 @@ class UnionOperations(pyfuse3.Operations):
         if node.upper:
             return
         up = self._rw()
+        import trio  # only where a request waits: a read-only server never loads trio
+
         lock = self.locks.setdefault(node.ino, trio.Lock())
         async with lock:
             if node.upper:
@@ -649,12 +652,16 @@ class UnionOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         if self.no_open:  # nothing written, nothing to sync
             return
+        import trio
+
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
 
     @_fuse_errors
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         # The kernel passes only handles opened for writing, so *fh* is a file of the upper layer.
         self._rw()
+        import trio
+
         await trio.to_thread.run_sync(fallocate, fh, mode, offset, length)
 
     @_fuse_errors
