@@ -13,38 +13,42 @@ Layout (struct-of-arrays, every array a flat machine-typed buffer, mmap-able):
   ``xxh64(parent_le32 + name)``, slot value = entry + 1 (0 = empty).
 
 Whiteouts and opaque directories of the lowers are resolved at build time: the index holds only what
-is visible.
+is visible.  A build merges the layers' tables (:mod:`unionfs.layertable`), which are kept in a
+``layers`` directory beside the cache file, so a stack of layers seen before is compiled without
+reading them again.
 
-Cache validity: a cache file carries a key.  ``cache_key(lowers, deep=True)`` (used for caches in the
-workdir) hashes every lower's resolved path plus ``st_dev, st_ino, st_mtime_ns, st_ctime_ns`` of
-every directory in every lower, so adding, removing or renaming anything in a lower (which changes a
-directory's mtime) or replacing a layer invalidates it.  ``deep=False`` (used for a cache path given
-by the caller, who promises immutable layers) hashes the paths and the stat of each lower's root.
+Cache validity: an index file and a layer table each carry a key.  A layer's key
+(``layer_key(root, deep)``) hashes its resolved path and ``st_dev, st_ino, st_mtime_ns,
+st_ctime_ns`` of its root directory, and with *deep* (used for caches in the workdir) of every
+directory in it, so adding, removing or renaming anything in a lower (which changes a directory's
+mtime) or replacing a layer invalidates it.  Shallow keys are used for a cache path given by the
+caller, who promises immutable layers.  A stack's key hashes the paths and its layers' keys.
 In-place content changes of an existing lower file are never detected (lowers are immutable).
 """
 
 from __future__ import annotations
 
+import marshal
 import mmap
 import os
 import signal
 import stat
 import struct
 from array import array
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate, chain, repeat
-from operator import add, attrgetter
+from operator import add
 from pathlib import Path
 
 import xxhash
 
-from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr
+from . import layertable
+from .layertable import META, META_W, LayerTable, layer_key, table_path
 
 MAGIC = b"STRIDX03"
 HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
-META_W = 10
 LINK_W = 5
+TABLE_DIR = "layers"  # beside an index cache file: the tables of its layers
 _le32 = struct.Struct("<I").pack
 _xxh = xxhash.xxh64_intdigest
 
@@ -213,226 +217,6 @@ def realpaths(paths: Iterable[str | bytes | os.PathLike]) -> list[bytes]:
     return out
 
 
-_META = attrgetter(
-    "st_mode",
-    "st_nlink",
-    "st_uid",
-    "st_gid",
-    "st_rdev",
-    "st_size",
-    "st_atime_ns",
-    "st_mtime_ns",
-    "st_ctime_ns",
-    "st_blocks",
-)
-_LW = len(WH_PREFIX)
-_IFMT = 0o170000
-_IFDIR = stat.S_IFDIR
-_IFCHR = stat.S_IFCHR
-SPLIT_DIRS = 8  # pending directories at which the scan is shared with a second process
-MIN_SPLIT_ROWS = 4000  # or when this many entries are listed (else a fork does not pay)
-STAT_PIECE = 512  # entries per piece of work when the entries of known directories are stat-ed
-
-Contrib = list[tuple[int, bytes]]  # (layer, path) of each layer's copy of a merged directory, topmost first
-
-
-def _list(contrib: Contrib) -> tuple[list[bytes], list[bytes], Sequence[int], list[Contrib | None]]:
-    """The visible children of a merged directory, sorted by name, without stat-ing them.
-
-    Returns names, the directory (with a trailing slash) each comes from, layers and, for
-    subdirectories, their contributors (None for the rest).  Types come from ``d_type``; opaque
-    xattrs are read only where a lower layer has the directory too.
-    """
-    merged: dict[bytes, tuple[int, bytes, Contrib | None]] = {}
-    closed: set[bytes] = set()
-    last = len(contrib) - 1
-    for ci, (layer, d) in enumerate(contrib):
-        try:
-            with os.scandir(d) as it:
-                des = list(it)
-        except OSError:
-            des = []
-        pre = d + b"/"
-        whiteouts: list[bytes] = []
-        opaque = False
-        for de in des:
-            name = de.name
-            if name[:_LW] == WH_PREFIX:
-                if name == OPAQUE_NAME:
-                    opaque = True
-                else:
-                    whiteouts.append(name[_LW:])
-                continue
-            if name in closed:
-                continue
-            if de.is_dir(follow_symlinks=False):
-                isdir = True
-            elif de.is_file(follow_symlinks=False) or de.is_symlink():
-                isdir = False
-            else:  # a device, fifo or socket: only these can be a char 0/0 whiteout
-                st = de.stat(follow_symlinks=False)
-                if st.st_mode & _IFMT == _IFCHR and st.st_rdev == 0:
-                    whiteouts.append(name)
-                    continue
-                isdir = False
-            cur = merged.get(name)
-            if cur is None:
-                merged[name] = (layer, pre, [(layer, pre + name)] if isdir else None)
-                if not isdir:
-                    closed.add(name)
-            elif isdir:
-                cur[2].append((layer, pre + name))  # type: ignore[union-attr]
-            else:
-                closed.add(name)  # a non-directory below a directory ends the merge of that name
-        closed.update(whiteouts)
-        if opaque or (ci < last and has_opaque_xattr(d)):
-            break
-    names = sorted(merged)
-    vals = [merged[n] for n in names]
-    return names, [v[1] for v in vals], [v[0] for v in vals], [v[2] for v in vals]
-
-
-def _children(contrib: Contrib) -> tuple[list[bytes], list[os.stat_result], Sequence[int], list[Contrib | None]]:
-    """Like :func:`_list`, with lstat results instead of directories (only the winners are stat-ed)."""
-    if len(contrib) > 1:
-        names, pres, lays, subs = _list(contrib)
-        lstat = os.lstat
-        return names, [lstat(p + n) for p, n in zip(pres, names, strict=True)], lays, subs
-    # the common case, one layer has this directory: listdir and one lstat per entry (which gives
-    # the type too) is the cheapest
-    layer, d = contrib[0]
-    try:
-        names = [n for n in os.listdir(d) if n[:_LW] != WH_PREFIX]  # markers hide nothing here
-    except OSError:
-        names = []
-    names.sort()
-    pre = d + b"/"
-    lstat = os.lstat
-    sts = [lstat(pre + n) for n in names]
-    fmts = [st.st_mode & _IFMT for st in sts]
-    if _IFCHR in fmts:  # kernel-form whiteouts are never shown
-        keep = [k for k, st in enumerate(sts) if not (fmts[k] == _IFCHR and st.st_rdev == 0)]
-        names, sts, fmts = [names[k] for k in keep], [sts[k] for k in keep], [fmts[k] for k in keep]
-    subs = [[(layer, pre + n)] if f == _IFDIR else None for n, f in zip(names, fmts, strict=True)]
-    return names, sts, repeat(layer, len(names)), subs  # type: ignore[return-value]
-
-
-def _stat_rows(paths: list[bytes], first: int) -> tuple[array, list[tuple[int, int]]]:
-    """lstat *paths* (rows *first*...): their meta rows and (row, st_ino) of non-directories with nlink > 1."""
-    lstat = os.lstat
-    sts = [lstat(p) for p in paths]
-    meta = array("q", list(chain.from_iterable(map(_META, sts))))
-    hard = [(first + k, st.st_ino) for k, st in enumerate(sts) if st.st_nlink > 1 and st.st_mode & _IFMT != _IFDIR]
-    return meta, hard
-
-
-class _Scan:
-    """Merged directories scanned by one process, as flat columns (one row per visible entry).
-
-    Block *b* holds one directory's children: rows ``start[b] .. start[b] + count[b]``, sorted by
-    name.  ``sub`` maps the row of a subdirectory scanned here to its block; ``roots`` maps rows of
-    another process's scan (subtrees handed over) to blocks here; ``pieces`` holds, by first row, the
-    meta rows and hard-link candidates of handed-over stat work.
-    """
-
-    def __init__(self) -> None:
-        self.names: list[bytes] = []
-        self.meta = array("q")
-        self.layers = array("I")
-        self.start: list[int] = []
-        self.count: list[int] = []
-        self.dirs: list[list[int]] = []  # per block: rows of subdirectories
-        self.hard: list[list[tuple[int, int]]] = []  # per block: (row, st_ino) of non-directories with nlink > 1
-        self.sub: dict[int, int] = {}
-        self.roots: dict[int, int] = {}
-        self.pieces: dict[int, tuple[array, list[tuple[int, int]]]] = {}
-        self.done: list[int] = []  # chunks taken
-        self.pending: list[tuple[int, Contrib]] = []  # (row, contributors) of subdirectories to scan
-
-    def _block(self, names: list[bytes], lays: Sequence[int], subs: list[Contrib | None]) -> int:
-        first = len(self.names)
-        self.start.append(first)
-        self.count.append(len(names))
-        self.names += names
-        self.layers.extend(lays)
-        new = [(r, sub) for r, sub in enumerate(subs, first) if sub is not None]
-        self.dirs.append([r for r, _ in new])
-        self.pending += new  # type: ignore[arg-type]
-        return len(self.start) - 1
-
-    def scan(self, contrib: Contrib) -> int:
-        """Scan one merged directory into a new block (its subdirectories go to ``pending``)."""
-        names, sts, lays, subs = _children(contrib)
-        first = len(self.names)
-        b = self._block(names, lays, subs)
-        self.meta.fromlist(list(chain.from_iterable(map(_META, sts))))
-        self.hard.append(
-            [
-                (r, st.st_ino)
-                for r, (st, sub) in enumerate(zip(sts, subs, strict=True), first)
-                if sub is None and st.st_nlink > 1
-            ]
-        )
-        return b
-
-    def list_only(self, contrib: Contrib) -> tuple[int, list[bytes]]:
-        """A new block for one merged directory with its meta rows left zero; returns the block and
-        the paths to stat for them."""
-        names, pres, lays, subs = _list(contrib)
-        b = self._block(names, lays, subs)
-        self.meta.frombytes(bytes(8 * META_W * len(names)))
-        self.hard.append([])
-        return b, [p + n for p, n in zip(pres, names, strict=True)]
-
-    def drain(self) -> None:
-        """Scan every pending subdirectory (depth first: the order does not matter here)."""
-        pending, sub, scan = self.pending, self.sub, self.scan
-        while pending:
-            r, c = pending.pop()
-            sub[r] = scan(c)
-
-    def take(self, chunks: list[list[tuple[bool, int, list]]], claim) -> None:
-        """Do the chunks that *claim* () hands out (indices, until None); an item of a chunk is
-        ``(True, row, contrib)`` (scan that subtree) or ``(False, first row, paths)`` (stat entries)."""
-        while (k := claim()) is not None:
-            self.done.append(k)
-            for tree, r, work in chunks[k]:
-                if tree:
-                    self.roots[r] = self.scan(work)
-                    self.drain()
-                else:
-                    self.pieces[r] = _stat_rows(work, r)
-
-    def state(self) -> tuple:
-        return tuple(getattr(self, f) for f in _STATE)
-
-    @classmethod
-    def from_state(cls, st: tuple) -> _Scan:
-        s = cls()
-        for f, v in zip(_STATE, st, strict=True):
-            setattr(s, f, v)
-        return s
-
-
-_STATE = ("names", "meta", "layers", "start", "count", "dirs", "hard", "sub", "roots", "pieces")
-
-
-def _pipe_claim(fd: int):
-    """A claim function reading 4-byte chunk numbers from a pipe shared by the processes (a 4-byte
-    read from a pipe is atomic, so each chunk goes to exactly one of them)."""
-
-    def claim() -> int | None:
-        b = os.read(fd, 4)
-        return int.from_bytes(b, "little") if len(b) == 4 else None
-
-    return claim
-
-
-def _list_claim(ks: Iterable[int]):
-    it = iter(ks)
-    return lambda: next(it, None)
-
-
 def _spare_cpus() -> int:
     """CPUs of ours that nothing else is running on right now (from /proc/loadavg's runnable count):
     a helper on a busy machine only adds the cost of the fork."""
@@ -448,35 +232,38 @@ def _spare_cpus() -> int:
     return max(0, cpus - running)
 
 
-def _take_shared(main: _Scan, chunks: list) -> _Scan | None:
-    """Do *chunks* in this process and a forked helper, both taking the next chunk from a shared pipe
-    as they finish one (so a busy core gets fewer).  Returns the helper's scan, or None if it failed
-    (then this process has done the rest too)."""
-    import pickle
+def _claims(fd: int) -> Iterator[int]:
+    """Layer numbers read 4 bytes at a time from a pipe shared by the processes (a 4-byte read from a
+    pipe is atomic, so each number goes to exactly one of them)."""
+    while len(b := os.read(fd, 4)) == 4:
+        yield int.from_bytes(b, "little")
 
+
+def _scan_shared(roots: Sequence[bytes], todo: list[int]) -> dict[int, LayerTable]:
+    """Scan the layers *todo* in this process and a forked helper, each taking the next layer from a
+    shared pipe as it finishes one.  If the helper fails, this process scans what it took."""
     tr, tw = os.pipe()
-    os.write(tw, b"".join(k.to_bytes(4, "little") for k in range(len(chunks))))  # <= 32 KiB: never blocks
+    os.write(tw, b"".join(k.to_bytes(4, "little") for k in todo[:8192]))  # <= 32 KiB: never blocks
     os.close(tw)
     rr, rw = os.pipe()
     try:
         pid = os.fork()
     except OSError:
         pid = -1
-    if pid == 0:  # the helper: work, send, exit without running the parent's cleanup
+    if pid == 0:  # the helper: scan, send, exit without running the parent's cleanup
         code = 1
         try:
             os.close(rr)
-            mine = _Scan()
-            mine.take(chunks, _pipe_claim(tr))
+            mine = {k: layertable.scan(roots[k]).state() for k in _claims(tr)}
             with os.fdopen(rw, "wb") as f:
-                pickle.dump(mine.state(), f, protocol=pickle.HIGHEST_PROTOCOL)
+                f.write(marshal.dumps(mine))
             code = 0
         finally:
             os._exit(code)
     os.close(rw)
-    helper = None
+    got: dict[int, LayerTable] = {}
     try:
-        main.take(chunks, _pipe_claim(tr))
+        got = {k: layertable.scan(roots[k]) for k in _claims(tr)}
         if pid > 0:
             with os.fdopen(rr, "rb") as f:
                 rr = -1
@@ -484,7 +271,7 @@ def _take_shared(main: _Scan, chunks: list) -> _Scan | None:
             _, status = os.waitpid(pid, 0)
             pid = -1
             if status == 0 and data:
-                helper = _Scan.from_state(pickle.loads(data))
+                got.update((k, LayerTable.from_state(s)) for k, s in marshal.loads(data).items())
     finally:
         os.close(tr)
         if rr >= 0:
@@ -492,63 +279,64 @@ def _take_shared(main: _Scan, chunks: list) -> _Scan | None:
         if pid > 0:  # interrupted: do not leave the helper behind
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-    if helper is None:
-        main.take(chunks, _list_claim(sorted(set(range(len(chunks))) - set(main.done))))
-    return helper
+    for k in todo:
+        if k not in got:  # the helper failed, or more layers than the pipe took
+            got[k] = layertable.scan(roots[k])
+    return got
 
 
-def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", jobs: int | None = None) -> Index:
+def layer_tables(
+    roots: Sequence[bytes],
+    table_dir: Path | None = None,
+    keys: Sequence[bytes] | None = None,
+    jobs: int | None = None,
+) -> list[LayerTable]:
+    """The table of each layer at *roots*: loaded from *table_dir* where one was saved under its key
+    (``layer_key``), else scanned, with a forked helper if *jobs* >= 2 (default: if a CPU is idle)
+    and more than one layer is missing, and saved there."""
+    tables: list[LayerTable | None] = [None] * len(roots)
+    if table_dir is not None:
+        if keys is None:
+            keys = [layer_key(r, deep=False) for r in roots]
+        for k, r in enumerate(roots):
+            tables[k] = LayerTable.load(table_path(table_dir, r), keys[k])
+    todo = [k for k, t in enumerate(tables) if t is None]
+    if len(todo) > 1 and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
+        scanned = _scan_shared(roots, todo)
+    else:
+        scanned = {k: layertable.scan(roots[k]) for k in todo}
+    if table_dir is not None and scanned and keys is not None:
+        try:
+            Path(table_dir).mkdir(parents=True, exist_ok=True)
+            for k, t in scanned.items():
+                t.save(table_path(table_dir, roots[k]), roots[k], keys[k])
+        except OSError:
+            pass  # a cache that cannot be written only costs the next build a scan
+    for k, t in scanned.items():
+        tables[k] = t
+    return tables  # type: ignore[return-value]
+
+
+def build_index(
+    lowers: Sequence[str | os.PathLike],
+    key: bytes = b"",
+    jobs: int | None = None,
+    table_dir: Path | None = None,
+    layer_keys: Sequence[bytes] | None = None,
+) -> Index:
     """Compile the merged view of *lowers* (topmost first) into an :class:`Index`.
 
-    Two passes: the merged directories are scanned into flat per-directory blocks, then numbered
-    breadth first, which only concatenates blocks.  The scan starts breadth first, only listing;
-    once enough is known the rest is cut into chunks (stat the entries listed so far, scan a pending
-    subtree) that this process and, if *jobs* >= 2 (default: if a CPU is idle), a forked helper take
-    in turn.  The result does not depend on how the work was shared.
+    The layers' tables (:func:`layer_tables`) are merged breadth first: a directory that only one
+    layer has is copied from its table as a block; only directories that several layers have are
+    merged name by name (topmost wins, whiteouts and opaque directories cut off what is below).
     """
     roots = realpaths(lowers)
     if roots:
-        root_meta = list(_META(os.stat(roots[0])))
+        root_meta = list(META(os.stat(roots[0])))
         root_meta[4] = 0
     else:
         root_meta = [stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, 0]
-    main = _Scan()
-    scans = [main]
-    if roots:
-        # list breadth first until enough subtrees are pending; those blocks come first, so row r of
-        # them is paths[r]
-        main.sub[-1], paths = main.list_only(list(enumerate(roots)))
-        pending, pos = main.pending, 0
-        while pos < len(pending) and len(pending) - pos < SPLIT_DIRS:
-            r, c = pending[pos]
-            pos += 1
-            main.sub[r], more = main.list_only(c)
-            paths += more
-        listed = len(main.start)
-        rest, main.pending = pending[pos:], []
-        items = [(False, k, paths[k : k + STAT_PIECE]) for k in range(0, len(paths), STAT_PIECE)]
-        items += [(True, r, c) for r, c in rest]
-        g = max(1, -(-len(items) // 8192))  # at most 8192 chunks (tokens in the pipe)
-        chunks = [items[k : k + g] for k in range(0, len(items), g)]
-        helper = None
-        if (rest or len(paths) >= MIN_SPLIT_ROWS) and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
-            helper = _take_shared(main, chunks)
-        else:
-            main.take(chunks, _list_claim(range(len(chunks))))
-        hard: list[tuple[int, int]] = []
-        for s in (main, helper) if helper is not None else (main,):
-            for first, (meta, h) in s.pieces.items():
-                main.meta[first * META_W : first * META_W + len(meta)] = meta
-                hard += h
-        for r, ino in sorted(hard):
-            main.hard[bisect_right(main.start, r, 0, listed) - 1].append((r, ino))
-        if helper is not None:
-            scans.append(helper)
-    # row of a subdirectory in scan s -> (scan, block) of its children
-    owner: list[dict[int, tuple[int, int]]] = [{r: (0, b) for r, b in chain(main.sub.items(), main.roots.items())}]
-    if len(scans) > 1:
-        owner[0].update((r, (1, b)) for r, b in scans[1].roots.items())
-        owner.append({r: (1, b) for r, b in scans[1].sub.items()})
+    tables = layer_tables(roots, table_dir, layer_keys, jobs)
     names: list[bytes] = [b""]
     parents: list[int] = [0]
     layers = array("I", [0])
@@ -556,27 +344,66 @@ def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", jobs: int
     firsts = [0]
     counts = [0]
     hard_rows: list[tuple[int, int]] = []
-    queue: list[tuple[int, int, int]] = [(0, *owner[0][-1])] if roots else []
-    for entry, si, b in queue:  # the queue grows while it is walked: breadth-first order
-        s = scans[si]
-        start, c = s.start[b], s.count[b]
+    # (entry, its contributors: (layer, directory number in that layer's table), topmost first)
+    queue: list[tuple[int, list[tuple[int, int]]]] = [(0, [(k, 0) for k in range(len(roots))])] if roots else []
+    for entry, contrib in queue:  # the queue grows while it is walked: breadth-first order
         first = len(names)
+        if len(contrib) == 1:
+            k, d = contrib[0]
+            t = tables[k]
+            s = t.start[d]
+            c = t.count[d]
+            e = s + c
+            names += t.names[s:e]
+            layers.extend(repeat(k, c))
+            meta += t.meta[s * META_W : e * META_W]
+            delta = first - s
+            sub = t.sub
+            queue += [(j + delta, [(k, sub[j])]) for j in range(s, e) if sub[j] >= 0]
+            for j in t.hard.get(d, ()):
+                hard_rows.append((j + delta, t.ino[j]))
+        else:
+            merged: dict[bytes, tuple[int, int, list[tuple[int, int]] | None]] = {}
+            closed: set[bytes] = set()
+            for k, d in contrib:
+                t = tables[k]
+                s = t.start[d]
+                sub = t.sub
+                for j, name in enumerate(t.names[s : s + t.count[d]], s):
+                    if name in closed:
+                        continue
+                    cur = merged.get(name)
+                    sd = sub[j]
+                    if cur is None:
+                        merged[name] = (k, j, [(k, sd)] if sd >= 0 else None)
+                        if sd < 0:
+                            closed.add(name)
+                    elif sd >= 0:
+                        cur[2].append((k, sd))  # type: ignore[union-attr]
+                    else:
+                        closed.add(name)  # a non-directory below a directory ends the merge of that name
+                wh = t.whiteouts.get(d)
+                if wh:
+                    closed.update(wh)
+                if t.opaque[d]:
+                    break
+            order = sorted(merged)
+            c = len(order)
+            names += order
+            for row, name in enumerate(order, first):
+                k, j, subc = merged[name]
+                t = tables[k]
+                layers.append(k)
+                meta += t.meta[j * META_W : (j + 1) * META_W]
+                if subc is not None:
+                    queue.append((row, subc))
+                elif t.ino[j]:
+                    hard_rows.append((row, t.ino[j]))
         firsts[entry] = first
         counts[entry] = c
-        end = start + c
-        names += s.names[start:end]
         parents += repeat(entry, c)
-        layers += s.layers[start:end]
-        meta += s.meta[start * META_W : end * META_W]
         firsts += repeat(0, c)
         counts += repeat(0, c)
-        delta = first - start
-        own = owner[si]
-        for r in s.dirs[b]:
-            queue.append((r + delta, *own[r]))
-        h = s.hard[b]
-        if h:
-            hard_rows += [(r + delta, ino) for r, ino in h]
     canon = list(range(len(names)))
     hard: dict[tuple[int, int], int] = {}
     for i, ino in hard_rows:  # ascending: the first link in breadth-first order is canonical
@@ -602,32 +429,25 @@ def build_index(lowers: Sequence[str | os.PathLike], key: bytes = b"", jobs: int
     return Index(roots, meta, links, name_off, blob, array("I", table), key=key)
 
 
-def _walk_dirs(root: bytes) -> Iterator[bytes]:
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        yield d
-        try:
-            with os.scandir(d) as it:
-                subs = sorted(de.path for de in it if de.is_dir(follow_symlinks=False))
-        except OSError:
-            continue
-        stack.extend(reversed(subs))
-
-
 def cache_key(lowers: Sequence[str | os.PathLike], deep: bool = True) -> bytes:
     """Validity key of an index of *lowers* (see the module docstring)."""
-    h = xxhash.xxh3_128()
-    for root in realpaths(lowers):
-        h.update(root + b"\0")
-        dirs = _walk_dirs(root) if deep else iter([root])
-        for d in dirs:
-            try:
-                st = os.lstat(d)
-            except OSError:
-                continue
-            h.update(d + struct.pack("<QQqq", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
-    return h.digest()
+    return _stack_key([layer_key(r, deep) for r in realpaths(lowers)])
+
+
+def _stack_key(layer_keys: Sequence[bytes]) -> bytes:
+    return xxhash.xxh3_128(b"".join(layer_keys)).digest()  # each layer's key covers its path
+
+
+def prepare_tables(lowers: Sequence[str | os.PathLike], cache_dir: Path) -> None:
+    """Scan and keep the tables of those of *lowers* not yet kept for index caches in *cache_dir*
+    (with shallow keys, as ``load_or_build(lowers, cache=cache_dir / name)`` uses them), so that the
+    first mount of a new stack of them merges tables instead of reading the layers."""
+    layer_tables(realpaths(lowers), Path(cache_dir) / TABLE_DIR)
+
+
+def prune_tables(cache_dir: Path) -> int:
+    """Remove the layer tables kept for index caches in *cache_dir* whose layer is gone."""
+    return layertable.prune(Path(cache_dir) / TABLE_DIR)
 
 
 def load_or_build(
@@ -636,20 +456,22 @@ def load_or_build(
     """Load a valid cached index or build (and cache) a new one.
 
     *cache*: explicit cache file (shallow key).  Otherwise, with *cache_dir*, a file named after the
-    lower paths inside it (deep key).  With neither, nothing is cached.
+    lower paths inside it (deep key).  With neither, nothing is cached.  The layers' tables are kept
+    in a ``layers`` directory beside the cache file, where other stacks of the same layers find them.
     """
-    if cache is None and cache_dir is not None:
-        name = xxhash.xxh64_hexdigest(b"\0".join(realpaths(lowers)))
-        cache = Path(cache_dir) / f"strata-index-{name}.idx"
-        key = cache_key(lowers, deep=True)
-    elif cache is not None:
-        key = cache_key(lowers, deep=False)
-    else:
+    if cache is None and cache_dir is None:
         return build_index(lowers)
+    roots = realpaths(lowers)
+    deep = cache is None
+    if cache is None:
+        name = xxhash.xxh64_hexdigest(b"\0".join(roots))
+        cache = Path(cache_dir) / f"strata-index-{name}.idx"
+    keys = [layer_key(r, deep) for r in roots]
+    key = _stack_key(keys)
     idx = Index.load(cache, expect_key=key)
     if idx is not None:
         return idx
-    idx = build_index(lowers, key=key)
+    idx = build_index(roots, key=key, table_dir=Path(cache).parent / TABLE_DIR, layer_keys=keys)
     try:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         idx.save(Path(cache))

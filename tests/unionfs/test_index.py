@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.stack import StackParams, generate, merged_view
-from unionfs import index
+from unionfs import index, layertable
 from unionfs.index import Index, build_index, cache_key, load_or_build
 from unionfs.probe import ProbeLower
 
@@ -163,8 +163,7 @@ def test_save_load_roundtrip(stack: list[Path], tmp_path: Path) -> None:
 def test_workdir_cache_is_invalidated_by_lower_changes(stack: list[Path], tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = load_or_build(stack, cache_dir=cache)
-    files = list(cache.iterdir())
-    assert len(files) == 1
+    assert len(list(cache.glob("*.idx"))) == 1
     again = load_or_build(stack, cache_dir=cache)
     assert paths(again) == paths(first)
     assert again._mm is not None  # served from the file
@@ -188,24 +187,13 @@ def test_probe_lower_agrees_with_index(stack: list[Path]) -> None:
     assert paths(ProbeLower(stack)) == paths(build_index(stack))
 
 
-def test_build_speed(tmp_path: Path) -> None:
-    """Build rate on 30k entries; the figure is printed (-s) and only a loose floor is asserted."""
-    low = tmp_path / "l"
-    for d in range(30):
-        (low / f"d{d}").mkdir(parents=True)
-        for f in range(1000):
-            (low / f"d{d}" / f"f{f}").touch()
-    t = time.perf_counter()
-    idx = build_index([low])
-    rate = idx.count / (time.perf_counter() - t)
-    print(f"index build: {idx.count} entries, {rate:,.0f} entries/s")
-    assert idx.count == 30031
-    assert rate > 10_000
-
-
 def _arrays(idx) -> tuple:
-    return tuple(bytes(memoryview(a).cast("B")) for a in (idx.meta, idx.links, idx.name_off, idx.table)) + (
-        bytes(idx.names),
+    """Everything an index holds, but atimes (reading a layer's directories moves theirs)."""
+    meta = [v for i, v in enumerate(idx.meta) if i % index.META_W != 6]
+    return (
+        (meta,)
+        + tuple(bytes(memoryview(a).cast("B")) for a in (idx.links, idx.name_off, idx.table))
+        + (bytes(idx.names),)
     )
 
 
@@ -220,14 +208,14 @@ def bench_stacks(tmp_path_factory: pytest.TempPathFactory) -> list:
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_matches_an_independent_merge(bench_stacks: list, monkeypatch: pytest.MonkeyPatch, jobs: int) -> None:
-    """Order, metadata, layer, inode numbers and lookups against bench.stack.merged_view, with the
-    work cut into many small chunks so that a helper process really shares it."""
-    monkeypatch.setattr(index, "SPLIT_DIRS", 2)
-    monkeypatch.setattr(index, "STAT_PIECE", 7)
+def test_matches_an_independent_merge(bench_stacks: list, tmp_path: Path, jobs: int) -> None:
+    """Order, metadata, layer, inode numbers and lookups against bench.stack.merged_view, built by
+    scanning the layers (with a helper process sharing the scan) and from their saved tables."""
     for st in bench_stacks:
         for layers in (st.oci_layers, st.kernel_layers):
-            idx = build_index(layers, jobs=jobs)
+            scanned = build_index(layers, jobs=jobs, table_dir=tmp_path / "tables")
+            idx = build_index(layers, jobs=jobs, table_dir=tmp_path / "tables")
+            assert _arrays(idx) == _arrays(scanned)
             view, hidden = merged_view(layers)
             assert [idx.path(i).decode()[1:] for i in range(1, idx.count)] == list(view)  # BFS, sorted
             first_link: dict[tuple, int] = {}
@@ -261,19 +249,26 @@ def test_matches_an_independent_merge(bench_stacks: list, monkeypatch: pytest.Mo
                 assert e == -1, p
 
 
-def test_shared_build_is_identical_and_survives_a_failed_helper(
+def _no_scan(root: bytes) -> None:
+    raise AssertionError(f"{root!r} scanned although its table was kept")
+
+
+def test_shared_scan_is_identical_and_survives_a_failed_helper(
     bench_stacks: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index, "SPLIT_DIRS", 2)
-    monkeypatch.setattr(index, "STAT_PIECE", 5)
     layers = bench_stacks[-1].oci_layers
     alone = _arrays(build_index(layers, jobs=1))
     assert _arrays(build_index(layers, jobs=2)) == alone
 
-    def broken(self):  # the helper dies after taking its chunks
-        raise RuntimeError("helper fails")
+    real_scan = layertable.scan
 
-    monkeypatch.setattr(index._Scan, "state", broken)
+    def helper_dies(root: bytes):  # the helper fails after taking a layer; this process goes on
+        if os.getpid() != parent:
+            raise RuntimeError("helper fails")
+        return real_scan(root)
+
+    parent = os.getpid()
+    monkeypatch.setattr(layertable, "scan", helper_dies)
     assert _arrays(build_index(layers, jobs=2)) == alone
 
     def no_fork():
@@ -281,6 +276,32 @@ def test_shared_build_is_identical_and_survives_a_failed_helper(
 
     monkeypatch.setattr(index.os, "fork", no_fork)
     assert _arrays(build_index(layers, jobs=2)) == alone
+
+
+def test_stacks_share_the_tables_of_their_layers(bench_stacks: list, tmp_path: Path, monkeypatch) -> None:
+    """A second stack of the same layers (here: a sub-stack) is merged from the kept tables, without
+    scanning a layer, and gives what a scan gives."""
+    layers = bench_stacks[-1].oci_layers
+    load_or_build(layers, cache=tmp_path / "a.idx")
+    assert len(list((tmp_path / index.TABLE_DIR).iterdir())) == len(layers)
+    scanned = _arrays(build_index(layers[2:]))
+    monkeypatch.setattr(layertable, "scan", _no_scan)
+    got = load_or_build(layers[2:], cache=tmp_path / "b.idx")
+    assert got._mm is None and _arrays(got) == scanned
+
+
+def test_stale_or_broken_tables_are_scanned_again(stack: list[Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    load_or_build(stack, cache_dir=cache)
+    kept = sorted((cache / index.TABLE_DIR).iterdir())
+    assert len(kept) == 2
+    kept[0].write_bytes(b"garbage")
+    kept[1].write_bytes(kept[1].read_bytes()[:-9])  # cut short
+    assert paths(load_or_build(stack, cache_dir=cache)) == paths(build_index(stack))
+    time.sleep(0.01)
+    (stack[1] / "etc" / "added").write_text("x")  # deep key: a changed directory of a layer
+    (cache / next(cache.glob("*.idx")).name).unlink()  # (the stack's index would be rebuilt anyway)
+    assert "/etc/added" in paths(load_or_build(stack, cache_dir=cache))
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

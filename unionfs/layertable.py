@@ -1,0 +1,237 @@
+"""The metadata of one lower layer, scanned once and kept beside the index cache.
+
+A stack's index is a merge of its layers' tables (as nydus merges per-layer bootstraps), so a new
+stack of layers seen before is compiled without a system call per entry, and layers never seen are
+scanned independently of each other (in parallel). Directory *d* of a table holds its children,
+sorted by name, in rows ``start[d] .. start[d] + count[d]``; row *j* is a subdirectory if
+``sub[j] >= 0`` (its directory number), and ``ino[j]`` is nonzero only for a non-directory with
+more than one link (the hard-link candidates). Whiteout markers and kernel-form whiteouts are not
+rows: they are each directory's ``whiteouts``, and ``.wh..wh..opq`` or an opaque xattr set
+``opaque``.  A kept table starts with its layer's path, so tables of removed layers can be pruned.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import stat
+import struct
+from array import array
+from itertools import chain
+from operator import attrgetter
+from pathlib import Path
+
+import xxhash
+
+from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr
+
+META_W = 10
+VERSION = 1
+META = attrgetter(
+    "st_mode",
+    "st_nlink",
+    "st_uid",
+    "st_gid",
+    "st_rdev",
+    "st_size",
+    "st_atime_ns",
+    "st_mtime_ns",
+    "st_ctime_ns",
+    "st_blocks",
+)
+_LW = len(WH_PREFIX)
+_IFMT = 0o170000
+_IFDIR = stat.S_IFDIR
+_IFCHR = stat.S_IFCHR
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+FD_FROM = 4  # entries from which a directory is opened to stat them relative to it (cheaper per entry)
+
+
+class LayerTable:
+    """Every directory of one layer: children's names, meta rows, subdirectories, whiteouts."""
+
+    __slots__ = ("names", "meta", "sub", "ino", "start", "count", "opaque", "whiteouts", "hard")
+
+    def __init__(self, names, meta, sub, ino, start, count, opaque, whiteouts) -> None:
+        self.names: list[bytes] = names
+        self.meta: array = meta
+        self.sub: array = sub
+        self.ino: array = ino
+        self.start: array = start
+        self.count: array = count
+        self.opaque: bytes = opaque
+        self.whiteouts: dict[int, list[bytes]] = whiteouts
+        # per directory: rows of hard-link candidates (few; found once here, not per merge)
+        hard: dict[int, list[int]] = {}
+        if any(ino):
+            for d, (s, c) in enumerate(zip(start, count, strict=True)):
+                rows = [j for j in range(s, s + c) if ino[j]]
+                if rows:
+                    hard[d] = rows
+        self.hard = hard
+
+    def state(self) -> tuple:
+        """A marshal-able form (also what a scanning helper process sends back)."""
+        return (
+            self.names,
+            self.meta.tobytes(),
+            self.sub.tobytes(),
+            self.ino.tobytes(),
+            self.start.tobytes(),
+            self.count.tobytes(),
+            self.opaque,
+            self.whiteouts,
+        )
+
+    @classmethod
+    def from_state(cls, st: tuple) -> LayerTable:
+        names, meta, sub, ino, start, count, opaque, whiteouts = st
+        return cls(
+            names,
+            _arr("q", meta),
+            _arr("i", sub),
+            _arr("Q", ino),
+            _arr("I", start),
+            _arr("I", count),
+            opaque,
+            whiteouts,
+        )
+
+    def save(self, path: Path, root: bytes, key: bytes) -> None:
+        """Write atomically (temp file + rename); a reader sees the old table or the new one."""
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(root + b"\0" + marshal.dumps((VERSION, key, self.state())))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, key: bytes) -> LayerTable | None:
+        """The table saved at *path* under *key*; None if it is missing, stale or unreadable."""
+        try:
+            with open(path, "rb") as f:
+                version, saved_key, st = marshal.loads(f.read().partition(b"\0")[2])
+            if version != VERSION or saved_key != key:
+                return None
+            return cls.from_state(st)
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+
+
+def prune(table_dir: Path) -> int:
+    """Remove the tables in *table_dir* whose layer directory is gone (and left-over temp files);
+    returns how many were removed."""
+    removed = 0
+    try:
+        files = list(Path(table_dir).iterdir())
+    except OSError:
+        return 0
+    for p in files:
+        try:
+            if p.suffix == ".layer":
+                with open(p, "rb") as f:
+                    root, sep, _ = f.read(4097).partition(b"\0")
+                if sep and os.path.isdir(root):
+                    continue
+            p.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _arr(fmt: str, b: bytes) -> array:
+    a = array(fmt)
+    a.frombytes(b)
+    return a
+
+
+def scan(root: bytes) -> LayerTable:
+    """Read every directory of the layer at *root* (breadth first; directory 0 is the root)."""
+    names: list[bytes] = []
+    meta = array("q")
+    sub = array("i")
+    ino = array("Q")
+    start = array("I")
+    count = array("I")
+    opaque = bytearray()
+    whiteouts: dict[int, list[bytes]] = {}
+    queue = [root]
+    lstat = os.lstat
+    for d, path in enumerate(queue):  # grows while walked
+        try:
+            listed = os.listdir(path)
+        except OSError:
+            listed = []
+        wh = [n[_LW:] for n in listed if n[:_LW] == WH_PREFIX]
+        opq = False
+        if wh:
+            listed = [n for n in listed if n[:_LW] != WH_PREFIX]
+            if OPAQUE_NAME[_LW:] in wh:
+                wh.remove(OPAQUE_NAME[_LW:])
+                opq = True
+        listed.sort()
+        pre = path + b"/"
+        if len(listed) < FD_FROM:
+            sts = [lstat(pre + n) for n in listed]
+        else:  # relative to the directory: the kernel does not walk the whole path for each entry
+            fd = os.open(path, _DIR_FLAGS)
+            try:
+                sts = [lstat(n, dir_fd=fd) for n in listed]
+            finally:
+                os.close(fd)
+        fmts = [st.st_mode & _IFMT for st in sts]
+        if _IFCHR in fmts:  # kernel-form whiteouts: char 0/0
+            keep = []
+            for k, st in enumerate(sts):
+                if fmts[k] == _IFCHR and st.st_rdev == 0:
+                    wh.append(listed[k])
+                else:
+                    keep.append(k)
+            listed, sts, fmts = [listed[k] for k in keep], [sts[k] for k in keep], [fmts[k] for k in keep]
+        start.append(len(names))
+        count.append(len(listed))
+        opaque.append(opq or has_opaque_xattr(path))
+        if wh:
+            whiteouts[d] = wh
+        for n, f in zip(listed, fmts, strict=True):
+            if f == _IFDIR:
+                sub.append(len(queue))
+                queue.append(pre + n)
+            else:
+                sub.append(-1)
+        names += listed
+        meta.fromlist(list(chain.from_iterable(map(META, sts))))
+        ino.fromlist([st.st_ino if st.st_nlink > 1 and f != _IFDIR else 0 for st, f in zip(sts, fmts, strict=True)])
+    return LayerTable(names, meta, sub, ino, start, count, bytes(opaque), whiteouts)
+
+
+def layer_key(root: bytes, deep: bool) -> bytes:
+    """Validity key of a table of *root*: its path and the identity and times of its root directory,
+    and with *deep* of every directory in it (anything added, removed or renamed changes one)."""
+    h = xxhash.xxh3_128(root + b"\0")
+    dirs = _walk_dirs(root) if deep else iter([root])
+    for d in dirs:
+        try:
+            st = os.lstat(d)
+        except OSError:
+            continue
+        h.update(d + struct.pack("<QQqq", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+    return h.digest()
+
+
+def _walk_dirs(root: bytes):
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        yield d
+        try:
+            with os.scandir(d) as it:
+                subs = sorted(de.path for de in it if de.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+        stack.extend(reversed(subs))
+
+
+def table_path(table_dir: Path, root: bytes) -> Path:
+    """Where the table of the layer at *root* is kept in *table_dir*."""
+    return Path(table_dir) / f"{xxhash.xxh64_hexdigest(root)}.layer"
