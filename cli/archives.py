@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import fail, get_store, user_errors
+from cli.common import fail, get_store, keep_layer_tables, user_errors
 from store import archive, reference
 from store.importer import import_tarball
 
@@ -27,6 +27,7 @@ def load(source: str | None, quiet: bool) -> None:
         fail("requested load from stdin, but stdin is empty")
     before = store.images.tags()
     loaded = archive.load(store, Path(source) if source else sys.stdin.buffer)
+    keep_layer_tables(store, [item.record.id for item in loaded])
     if quiet:
         return
     for item in loaded:

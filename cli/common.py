@@ -46,3 +46,13 @@ def user_errors(func: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def keep_layer_tables(store: Store, image_ids: list[str]) -> None:
+    """Have the union filesystem scan new images' layers now, while they are in the page cache, so
+    that their first mount merges kept tables instead of reading every layer."""
+    from unionfs.index import prepare_tables
+
+    for image_id in dict.fromkeys(image_ids):
+        if store.images.has(image_id):
+            prepare_tables(store.layer_dirs(store.images.get(image_id)), store.index_dir)

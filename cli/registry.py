@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cli.common import get_store, user_errors
+from cli.common import get_store, keep_layer_tables, user_errors
 from store.registry import auth, remote
 from store.registry import pull as pull_mod
 from store.registry import push as push_mod
@@ -54,6 +54,7 @@ def pull(
         options=_options(insecure, max_concurrent_downloads),
         reporter=for_terminal(quiet),
     )
+    keep_layer_tables(store, [r.image_id for r in results])
     status, full = pull_mod.status_line(results, name, all_tags)
     if not quiet:
         click.echo(status)

@@ -13,6 +13,7 @@ import pytest
 
 from store.store import Store
 from tests.helpers import strata
+from unionfs.index import TABLE_DIR
 
 
 @pytest.fixture
@@ -35,6 +36,23 @@ def test_image_mounts_read_only(root: Path, image: str, mnt: Path) -> None:
     assert e.value.errno == errno.EROFS
     strata(root, "umount", str(mnt))
     assert not is_mounted(mnt)
+
+
+def test_layer_tables_are_kept_and_pruned_with_their_layers(root: Path, image: str, mnt: Path) -> None:
+    """`load` keeps each new layer's table beside the index caches, the mount merges them (and lists
+    what the layers hold), and removing the image removes them."""
+    store = Store(root)
+    layers = store.layer_dirs(store.resolve(image))
+    tables = root / "index" / TABLE_DIR
+    kept = {p: p.stat().st_mtime_ns for p in tables.glob("*.layer")}
+    assert len(kept) == len(layers) > 1
+    strata(root, "mount", image, str(mnt))
+    assert (mnt / "etc/hostname").read_text() == "layered-v5\n"
+    strata(root, "umount", str(mnt))
+    assert {p: p.stat().st_mtime_ns for p in tables.glob("*.layer")} == kept  # used, not rewritten
+    strata(root, "rmi", image)
+    assert not any(p.exists() for p in layers)
+    assert list(tables.iterdir()) == []
 
 
 def test_browsing_mounts_are_nodev_nosuid_unless_asked(root: Path, image: str, mnt: Path) -> None:
