@@ -49,6 +49,7 @@ MAGIC = b"STRIDX03"
 HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
 LINK_W = 5
 TABLE_DIR = "layers"  # beside an index cache file: the tables of its layers
+_ROW = 1 << 32  # (layer, row) packed in one int while merging
 _le32 = struct.Struct("<I").pack
 _xxh = xxhash.xxh64_intdigest
 
@@ -358,45 +359,47 @@ def build_index(
             layers.extend(repeat(k, c))
             meta += t.meta[s * META_W : e * META_W]
             delta = first - s
-            sub = t.sub
-            queue += [(j + delta, [(k, sub[j])]) for j in range(s, e) if sub[j] >= 0]
+            row_of = t.row_of
+            queue += [(row_of[sd] + delta, [(k, sd)]) for sd in range(t.first_sub[d], t.first_sub[d + 1])]
             for j in t.hard.get(d, ()):
                 hard_rows.append((j + delta, t.ino[j]))
         else:
-            merged: dict[bytes, tuple[int, int, list[tuple[int, int]] | None]] = {}
-            closed: set[bytes] = set()
-            for k, d in contrib:
+            for i, (k, d) in enumerate(contrib):
+                if tables[k].opaque[d]:  # nothing below an opaque directory shows
+                    contrib = contrib[: i + 1]
+                    break
+            # bottom layer up, so that dict.update (in C) lets each layer override the ones below:
+            # whiteouts first remove what is below them, then the layer's entries go in; a
+            # subdirectory continues the chain of the same name below only if that is a directory
+            winner: dict[bytes, int] = {}  # name -> k * _ROW + row in layer k's table
+            chains: dict[bytes, list[tuple[int, int]]] = {}  # name -> its contributors, bottom first
+            for k, d in reversed(contrib):
                 t = tables[k]
-                s = t.start[d]
-                sub = t.sub
-                for j, name in enumerate(t.names[s : s + t.count[d]], s):
-                    if name in closed:
-                        continue
-                    cur = merged.get(name)
-                    sd = sub[j]
-                    if cur is None:
-                        merged[name] = (k, j, [(k, sd)] if sd >= 0 else None)
-                        if sd < 0:
-                            closed.add(name)
-                    elif sd >= 0:
-                        cur[2].append((k, sd))  # type: ignore[union-attr]
-                    else:
-                        closed.add(name)  # a non-directory below a directory ends the merge of that name
                 wh = t.whiteouts.get(d)
                 if wh:
-                    closed.update(wh)
-                if t.opaque[d]:
-                    break
-            order = sorted(merged)
+                    for x in wh:
+                        winner.pop(x, None)
+                tnames = t.names
+                for sd in range(t.first_sub[d], t.first_sub[d + 1]):
+                    name = tnames[t.row_of[sd]]
+                    below = winner.get(name)
+                    if below is not None and tables[below // _ROW].sub[below % _ROW] >= 0:
+                        chains[name].append((k, sd))
+                    else:
+                        chains[name] = [(k, sd)]
+                s = t.start[d]
+                e = s + t.count[d]
+                winner.update(zip(tnames[s:e], range(k * _ROW + s, k * _ROW + e), strict=True))
+            order = sorted(winner)
             c = len(order)
             names += order
             for row, name in enumerate(order, first):
-                k, j, subc = merged[name]
+                k, j = divmod(winner[name], _ROW)
                 t = tables[k]
                 layers.append(k)
                 meta += t.meta[j * META_W : (j + 1) * META_W]
-                if subc is not None:
-                    queue.append((row, subc))
+                if t.sub[j] >= 0:
+                    queue.append((row, chains[name][::-1]))
                 elif t.ino[j]:
                     hard_rows.append((row, t.ino[j]))
         firsts[entry] = first

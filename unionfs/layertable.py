@@ -26,7 +26,7 @@ import xxhash
 from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr
 
 META_W = 10
-VERSION = 1
+VERSION = 2
 META = attrgetter(
     "st_mode",
     "st_nlink",
@@ -50,15 +50,19 @@ FD_FROM = 4  # entries from which a directory is opened to stat them relative to
 class LayerTable:
     """Every directory of one layer: children's names, meta rows, subdirectories, whiteouts."""
 
-    __slots__ = ("names", "meta", "sub", "ino", "start", "count", "opaque", "whiteouts", "hard")
+    __slots__ = ("names", "meta", "sub", "ino", "start", "count", "first_sub", "row_of", "opaque", "whiteouts", "hard")
 
-    def __init__(self, names, meta, sub, ino, start, count, opaque, whiteouts) -> None:
+    def __init__(self, names, meta, sub, ino, start, count, first_sub, row_of, opaque, whiteouts) -> None:
         self.names: list[bytes] = names
         self.meta: array = meta
         self.sub: array = sub
         self.ino: array = ino
         self.start: array = start
         self.count: array = count
+        # directory d's subdirectories are the directories first_sub[d] .. first_sub[d + 1] - 1 (one
+        # more entry than directories), and directory s is the entry in row row_of[s] of its parent
+        self.first_sub: array = first_sub
+        self.row_of: array = row_of
         self.opaque: bytes = opaque
         self.whiteouts: dict[int, list[bytes]] = whiteouts
         # per directory: rows of hard-link candidates (few; found once here, not per merge)
@@ -79,13 +83,15 @@ class LayerTable:
             self.ino.tobytes(),
             self.start.tobytes(),
             self.count.tobytes(),
+            self.first_sub.tobytes(),
+            self.row_of.tobytes(),
             self.opaque,
             self.whiteouts,
         )
 
     @classmethod
     def from_state(cls, st: tuple) -> LayerTable:
-        names, meta, sub, ino, start, count, opaque, whiteouts = st
+        names, meta, sub, ino, start, count, first_sub, row_of, opaque, whiteouts = st
         return cls(
             names,
             _arr("q", meta),
@@ -93,6 +99,8 @@ class LayerTable:
             _arr("Q", ino),
             _arr("I", start),
             _arr("I", count),
+            _arr("I", first_sub),
+            _arr("I", row_of),
             opaque,
             whiteouts,
         )
@@ -153,6 +161,8 @@ def scan(root: bytes) -> LayerTable:
     ino = array("Q")
     start = array("I")
     count = array("I")
+    first_sub = array("I")
+    row_of = array("I", [0])
     opaque = bytearray()
     whiteouts: dict[int, list[bytes]] = {}
     queue = [root]
@@ -193,16 +203,19 @@ def scan(root: bytes) -> LayerTable:
         opaque.append(opq or has_opaque_xattr(path))
         if wh:
             whiteouts[d] = wh
-        for n, f in zip(listed, fmts, strict=True):
+        first_sub.append(len(queue))
+        for j, (n, f) in enumerate(zip(listed, fmts, strict=True), len(names)):
             if f == _IFDIR:
                 sub.append(len(queue))
+                row_of.append(j)
                 queue.append(pre + n)
             else:
                 sub.append(-1)
         names += listed
         meta.fromlist(list(chain.from_iterable(map(META, sts))))
         ino.fromlist([st.st_ino if st.st_nlink > 1 and f != _IFDIR else 0 for st, f in zip(sts, fmts, strict=True)])
-    return LayerTable(names, meta, sub, ino, start, count, bytes(opaque), whiteouts)
+    first_sub.append(len(queue))
+    return LayerTable(names, meta, sub, ino, start, count, first_sub, row_of, bytes(opaque), whiteouts)
 
 
 def layer_key(root: bytes, deep: bool) -> bytes:
