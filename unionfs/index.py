@@ -296,11 +296,12 @@ def layer_tables(
     (``layer_key``), else scanned, with a forked helper if *jobs* >= 2 (default: if a CPU is idle)
     and more than one layer is missing, and saved there."""
     tables: list[LayerTable | None] = [None] * len(roots)
+    where = os.fspath(table_dir) if table_dir is not None else ""
     if table_dir is not None:
         if keys is None:
             keys = [layer_key(r, deep=False) for r in roots]
         for k, r in enumerate(roots):
-            tables[k] = LayerTable.load(table_path(table_dir, r), keys[k])
+            tables[k] = LayerTable.load(table_path(where, r), keys[k])
     todo = [k for k, t in enumerate(tables) if t is None]
     if len(todo) > 1 and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
         scanned = _scan_shared(roots, todo)
@@ -310,7 +311,7 @@ def layer_tables(
         try:
             Path(table_dir).mkdir(parents=True, exist_ok=True)
             for k, t in scanned.items():
-                t.save(table_path(table_dir, roots[k]), roots[k], keys[k])
+                t.save(table_path(where, roots[k]), roots[k], keys[k])
         except OSError:
             pass  # a cache that cannot be written only costs the next build a scan
     for k, t in scanned.items():

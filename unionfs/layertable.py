@@ -105,15 +105,15 @@ class LayerTable:
             whiteouts,
         )
 
-    def save(self, path: Path, root: bytes, key: bytes) -> None:
+    def save(self, path: str, root: bytes, key: bytes) -> None:
         """Write atomically (temp file + rename); a reader sees the old table or the new one."""
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as f:
             f.write(root + b"\0" + marshal.dumps((VERSION, key, self.state())))
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path, key: bytes) -> LayerTable | None:
+    def load(cls, path: str, key: bytes) -> LayerTable | None:
         """The table saved at *path* under *key*; None if it is missing, stale or unreadable."""
         try:
             with open(path, "rb") as f:
@@ -245,6 +245,7 @@ def _walk_dirs(root: bytes):
         stack.extend(reversed(subs))
 
 
-def table_path(table_dir: Path, root: bytes) -> Path:
-    """Where the table of the layer at *root* is kept in *table_dir*."""
-    return Path(table_dir) / f"{xxhash.xxh64_hexdigest(root)}.layer"
+def table_path(table_dir: str, root: bytes) -> str:
+    """Where the table of the layer at *root* is kept in *table_dir* (str paths: this runs once per
+    layer of every build, and pathlib costs more than the rest of opening a small table)."""
+    return f"{table_dir}/{xxhash.xxh64_hexdigest(root)}.layer"
