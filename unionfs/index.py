@@ -22,7 +22,7 @@ Cache validity: an index file and a layer table each carry a key.  A layer's key
 st_ctime_ns`` of its root directory, and with *deep* (used for caches in the workdir) of every
 directory in it, so adding, removing or renaming anything in a lower (which changes a directory's
 mtime) or replacing a layer invalidates it.  Shallow keys are used for a cache path given by the
-caller, who promises immutable layers.  A stack's key hashes the paths and its layers' keys.
+caller, who promises immutable layers.  A stack's key hashes its layers' keys, in order.
 In-place content changes of an existing lower file are never detected (lowers are immutable).
 """
 
@@ -50,6 +50,7 @@ HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
 LINK_W = 5
 TABLE_DIR = "layers"  # beside an index cache file: the tables of its layers
 _ROW = 1 << 32  # (layer, row) packed in one int while merging
+_ROW_MASK = _ROW - 1
 _le32 = struct.Struct("<I").pack
 _xxh = xxhash.xxh64_intdigest
 
@@ -300,8 +301,7 @@ def layer_tables(
     if table_dir is not None:
         if keys is None:
             keys = [layer_key(r, deep=False) for r in roots]
-        for k, r in enumerate(roots):
-            tables[k] = LayerTable.load(table_path(where, r), keys[k])
+        tables = layertable.load_all([table_path(where, r) for r in roots], keys)
     todo = [k for k, t in enumerate(tables) if t is None]
     if len(todo) > 1 and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
         scanned = _scan_shared(roots, todo)
@@ -384,21 +384,22 @@ def build_index(
                 for sd in range(t.first_sub[d], t.first_sub[d + 1]):
                     name = tnames[t.row_of[sd]]
                     below = winner.get(name)
-                    if below is not None and tables[below // _ROW].sub[below % _ROW] >= 0:
+                    if below is not None and tables[below >> 32].sub[below & _ROW_MASK] >= 0:
                         chains[name].append((k, sd))
                     else:
                         chains[name] = [(k, sd)]
                 s = t.start[d]
                 e = s + t.count[d]
                 winner.update(zip(tnames[s:e], range(k * _ROW + s, k * _ROW + e), strict=True))
-            order = sorted(winner)
-            c = len(order)
-            names += order
-            for row, name in enumerate(order, first):
-                k, j = divmod(winner[name], _ROW)
+            items = sorted(winner.items())
+            c = len(items)
+            names += [name for name, _ in items]
+            for row, (name, v) in enumerate(items, first):
+                k = v >> 32
+                j = v & _ROW_MASK
                 t = tables[k]
                 layers.append(k)
-                meta += t.meta[j * META_W : (j + 1) * META_W]
+                meta += t.meta[j * META_W : j * META_W + META_W]
                 if t.sub[j] >= 0:
                     queue.append((row, chains[name][::-1]))
                 elif t.ino[j]:
