@@ -12,7 +12,6 @@ paths the upper holds) and ``umap`` (upper st_ino -> inode).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
@@ -35,28 +34,40 @@ LOWER_ATTR_CACHE = 200_000  # entries; about 40 MB at most
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
-_libc = ctypes.CDLL(None, use_errno=True)
 # Kernel-cached listings, skipped opens and fallocate need the pyfuse3 that scripts/setup.sh
 # builds with scripts/pyfuse3.patch; with a stock pyfuse3 all of it goes the long way (or fails).
 PATCHED_PYFUSE3 = getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) >= 2
 LOWER_FDS = 256  # lower files kept open for reads on a read-only mount
 
 
+@functools.cache
+def _libc():
+    """libc through ctypes, loaded when a write first needs it (ctypes costs every mount ~2.5 ms)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return libc
+
+
+def _raise_errno() -> None:
+    import ctypes
+
+    e = ctypes.get_errno()
+    raise OSError(e, os.strerror(e))
+
+
 def renameat2(src: bytes, dst: bytes, flags: int) -> None:
     """renameat2(2) (os.rename has no flags)."""
-    if _libc.renameat2(-100, src, -100, dst, ctypes.c_uint(flags)) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if _libc().renameat2(-100, src, -100, dst, flags) != 0:
+        _raise_errno()
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with its mode (os.posix_fallocate has none)."""
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+    if _libc().fallocate(fd, mode, offset, length) != 0:
+        _raise_errno()
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
