@@ -43,7 +43,7 @@ from pathlib import Path
 import xxhash
 
 from . import layertable
-from .layertable import META, META_W, LayerTable, layer_key, table_path
+from .layertable import META, META_BYTES, META_W, LayerTable, layer_key, table_path
 
 MAGIC = b"STRIDX03"
 HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
@@ -358,7 +358,7 @@ def build_index(
             e = s + c
             names += t.names[s:e]
             layers.extend(repeat(k, c))
-            meta += t.meta[s * META_W : e * META_W]
+            meta.frombytes(t.meta[s * META_BYTES : e * META_BYTES])
             delta = first - s
             row_of = t.row_of
             queue += [(row_of[sd] + delta, [(k, sd)]) for sd in range(t.first_sub[d], t.first_sub[d + 1])]
@@ -394,16 +394,21 @@ def build_index(
             items = sorted(winner.items())
             c = len(items)
             names += [name for name, _ in items]
-            for row, (name, v) in enumerate(items, first):
-                k = v >> 32
-                j = v & _ROW_MASK
-                t = tables[k]
-                layers.append(k)
-                meta += t.meta[j * META_W : j * META_W + META_W]
+            # the winners' rows, gathered a column at a time (list comprehensions, not one loop
+            # doing everything per entry)
+            ks = [v >> 32 for _, v in items]
+            js = [v & _ROW_MASK for _, v in items]
+            ts = [tables[k] for k in ks]
+            layers.extend(ks)
+            meta.frombytes(
+                b"".join([t.meta[j * META_BYTES : (j + 1) * META_BYTES] for t, j in zip(ts, js, strict=True)])
+            )
+            for i in [i for i, (t, j) in enumerate(zip(ts, js, strict=True)) if t.sub[j] >= 0 or t.ino[j]]:
+                t, j = ts[i], js[i]
                 if t.sub[j] >= 0:
-                    queue.append((row, chains[name][::-1]))
-                elif t.ino[j]:
-                    hard_rows.append((row, t.ino[j]))
+                    queue.append((first + i, chains[items[i][0]][::-1]))
+                else:
+                    hard_rows.append((first + i, t.ino[j]))
         firsts[entry] = first
         counts[entry] = c
         parents += repeat(entry, c)

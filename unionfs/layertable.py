@@ -27,6 +27,7 @@ import xxhash
 from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr
 
 META_W = 10
+META_BYTES = 8 * META_W
 VERSION = 2
 META = attrgetter(
     "st_mode",
@@ -55,16 +56,17 @@ class LayerTable:
     __slots__ = ("names", "meta", "sub", "ino", "start", "count", "first_sub", "row_of", "opaque", "whiteouts", "hard")
 
     def __init__(self, names, meta, sub, ino, start, count, first_sub, row_of, opaque, whiteouts) -> None:
+        # memoryviews (of a scan's arrays, or of a loaded table's bytes): index and slice alike
         self.names: list[bytes] = names
-        self.meta: array = meta
-        self.sub: array = sub
-        self.ino: array = ino
-        self.start: array = start
-        self.count: array = count
+        self.meta = memoryview(meta).cast("B")  # bytes: rows are copied, never read here
+        self.sub = memoryview(sub)
+        self.ino = memoryview(ino)
+        self.start = memoryview(start)
+        self.count = memoryview(count)
         # directory d's subdirectories are the directories first_sub[d] .. first_sub[d + 1] - 1 (one
         # more entry than directories), and directory s is the entry in row row_of[s] of its parent
-        self.first_sub: array = first_sub
-        self.row_of: array = row_of
+        self.first_sub = memoryview(first_sub)
+        self.row_of = memoryview(row_of)
         self.opaque: bytes = opaque
         self.whiteouts: dict[int, list[bytes]] = whiteouts
         # per directory: rows of hard-link candidates (few; found once here, not per merge)
@@ -96,13 +98,13 @@ class LayerTable:
         names, meta, sub, ino, start, count, first_sub, row_of, opaque, whiteouts = st
         return cls(
             names,
-            _arr("q", meta),
-            _arr("i", sub),
-            _arr("Q", ino),
-            _arr("I", start),
-            _arr("I", count),
-            _arr("I", first_sub),
-            _arr("I", row_of),
+            meta,
+            memoryview(sub).cast("i"),
+            memoryview(ino).cast("Q"),
+            memoryview(start).cast("I"),
+            memoryview(count).cast("I"),
+            memoryview(first_sub).cast("I"),
+            memoryview(row_of).cast("I"),
             opaque,
             whiteouts,
         )
@@ -139,8 +141,14 @@ def _parse(fd: int, key: bytes) -> LayerTable | None:
     if fd < 0:
         return None
     try:
-        with open(fd, "rb") as f:
-            version, saved_key, st = marshal.loads(f.read().partition(b"\0")[2])
+        try:
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size)
+            while len(data) < size and (more := os.read(fd, size - len(data))):
+                data += more
+        finally:
+            os.close(fd)
+        version, saved_key, st = marshal.loads(data.partition(b"\0")[2])
         if version != VERSION or saved_key != key:
             return None
         return LayerTable.from_state(st)
@@ -168,12 +176,6 @@ def prune(table_dir: Path) -> int:
         except OSError:
             pass
     return removed
-
-
-def _arr(fmt: str, b: bytes) -> array:
-    a = array(fmt)
-    a.frombytes(b)
-    return a
 
 
 def scan(root: bytes) -> LayerTable:
