@@ -16,9 +16,11 @@ or, for memory, ``{"kib": k}`` (VmHWM of the FUSE server).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,37 +113,16 @@ def read_files(mp: Path, paths: list[str], chunk: int) -> int:
     return total
 
 
-INDEX_TIMINGS = 3  # each in-process index timing is the median of this many (they take milliseconds)
-
-
 def index_times(stack: Stack, cache: Path, cold: bool) -> dict:
-    """strata's index alone, in this process: built by scanning the layers and from their kept tables
-    (beside *cache*), and the cached index loaded; "cold" ones after dropping the page cache.  Each
-    is the median of ``INDEX_TIMINGS`` runs: a single run of a few milliseconds is at the mercy of
-    whatever else the VM does in them."""
+    """strata's index alone, timed in a fresh process, as a mount server builds it (see
+    :mod:`bench.index_times`); {} if that fails."""
+    job = {"layers": [str(p) for p in stack.oci_layers], "cache": str(cache), "cold": cold}
     try:
-        from unionfs.index import TABLE_DIR, Index, build_index, cache_key
-    except ImportError:
+        cmd = [sys.executable, "-m", "bench.index_times"]
+        r = subprocess.run(cmd, input=json.dumps(job).encode(), capture_output=True, timeout=600)
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
         return {}
-    out = {}
-    tables = cache.parent / TABLE_DIR
-    for name, drop, run in (
-        ("index_build", True, lambda: build_index(stack.oci_layers)),
-        ("index_build_warm", False, lambda: build_index(stack.oci_layers)),
-        ("index_build_tables", True, lambda: build_index(stack.oci_layers, table_dir=tables)),
-        ("index_build_tables_warm", False, lambda: build_index(stack.oci_layers, table_dir=tables)),
-        ("index_load", True, lambda: Index.load(cache, expect_key=cache_key(stack.oci_layers, deep=False))),
-    ):
-        times = []
-        for _ in range(INDEX_TIMINGS):
-            if drop and cold:
-                drop_caches()
-            t0 = time.perf_counter()
-            idx = run()
-            times.append(time.perf_counter() - t0)
-        if idx is not None:
-            out[name] = _m(statistics.median(times), idx.count)
-    return out
 
 
 def _m(seconds: float, ops: int) -> dict:
