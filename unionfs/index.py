@@ -330,7 +330,7 @@ def build_index(
 
     The layers' tables (:func:`layer_tables`) are merged breadth first: a directory that only one
     layer has is copied from its table as a block; only directories that several layers have are
-    merged name by name (topmost wins, whiteouts and opaque directories cut off what is below).
+    merged (topmost wins, whiteouts and opaque directories cut off what is below).
     """
     roots = realpaths(lowers)
     if roots:
