@@ -41,7 +41,10 @@ if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(getattr(pyfuse3, "STRATA
     .venv/bin/python -m pip install -q "$build/pyfuse3-$PYFUSE3"
 fi
 stamp=.venv/.strata-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# (the install also compiles unionfs/*.pyx, the index builder's hot loops, in place)
+stale=0
+for f in pyproject.toml setup.py unionfs/*.pyx; do [ "$f" -nt "$stamp" ] && stale=1; done
+if [ ! -f "$stamp" ] || [ "$stale" = 1 ] || ! ls unionfs/_scan.*.so unionfs/_merge.*.so >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv/bin/python -m pip install -q -e '.[test]'
     touch "$stamp"

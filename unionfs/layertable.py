@@ -7,7 +7,8 @@ sorted by name, in rows ``start[d] .. start[d] + count[d]``; row *j* is a subdir
 ``sub[j] >= 0`` (its directory number), and ``ino[j]`` is nonzero only for a non-directory with
 more than one link (the hard-link candidates). Whiteout markers and kernel-form whiteouts are not
 rows: they are each directory's ``whiteouts``, and ``.wh..wh..opq`` or an opaque xattr set
-``opaque``.  A kept table starts with its layer's path, so tables of removed layers can be pruned.
+``opaque``.  A kept table starts with its layer's path (so tables of removed layers can be pruned),
+then a checksum of the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr
 
 META_W = 10
 META_BYTES = 8 * META_W
-VERSION = 2
+VERSION = 3
 META = attrgetter(
     "st_mode",
     "st_nlink",
@@ -46,6 +47,7 @@ _IFMT = 0o170000
 _IFDIR = stat.S_IFDIR
 _IFCHR = stat.S_IFCHR
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SUM = 8  # bytes of a kept table's checksum (xxh3_64 of the rest)
 LOAD_BATCH = 256  # tables open at once while loading (well below the usual limit of 1024 descriptors)
 FD_FROM = 4  # entries from which a directory is opened to stat them relative to it (cheaper per entry)
 
@@ -53,68 +55,62 @@ FD_FROM = 4  # entries from which a directory is opened to stat them relative to
 class LayerTable:
     """Every directory of one layer: children's names, meta rows, subdirectories, whiteouts."""
 
-    __slots__ = ("names", "meta", "sub", "ino", "start", "count", "first_sub", "row_of", "opaque", "whiteouts", "hard")
+    __slots__ = ("names", "meta", "sub", "ino", "start", "count", "first_sub", "row_of", "opaque", "whiteouts")
 
     def __init__(self, names, meta, sub, ino, start, count, first_sub, row_of, opaque, whiteouts) -> None:
-        # memoryviews (of a scan's arrays, or of a loaded table's bytes): index and slice alike
+        # the columns as any buffers (a scan's arrays or bytes, a loaded table's bytes), taken as
+        # they are: the compiled merge reads them directly, and Python indexes a typed() copy
         self.names: list[bytes] = names
-        self.meta = memoryview(meta).cast("B")  # bytes: rows are copied, never read here
-        self.sub = memoryview(sub)
-        self.ino = memoryview(ino)
-        self.start = memoryview(start)
-        self.count = memoryview(count)
+        self.meta = meta  # 10 int64 per row
+        self.sub = sub  # int32 per row
+        self.ino = ino  # uint64 per row
+        self.start = start  # uint32 per directory, as are count and first_sub (one more)
+        self.count = count
         # directory d's subdirectories are the directories first_sub[d] .. first_sub[d + 1] - 1 (one
         # more entry than directories), and directory s is the entry in row row_of[s] of its parent
-        self.first_sub = memoryview(first_sub)
-        self.row_of = memoryview(row_of)
+        self.first_sub = first_sub
+        self.row_of = row_of
         self.opaque: bytes = opaque
         self.whiteouts: dict[int, list[bytes]] = whiteouts
-        # per directory: rows of hard-link candidates (few; found once here, not per merge)
-        hard: dict[int, list[int]] = {}
-        if any(ino):
-            for d, (s, c) in enumerate(zip(start, count, strict=True)):
-                rows = [j for j in range(s, s + c) if ino[j]]
-                if rows:
-                    hard[d] = rows
-        self.hard = hard
 
-    def state(self) -> tuple:
-        """A marshal-able form (also what a scanning helper process sends back)."""
-        return (
+    def typed(self) -> LayerTable:
+        """This table with its columns as memoryviews of their types, for indexing in Python (meta
+        as bytes: rows are copied, never read)."""
+
+        def view(col, fmt: str) -> memoryview:
+            return memoryview(col).cast("B").cast(fmt)
+
+        return LayerTable(
             self.names,
-            self.meta.tobytes(),
-            self.sub.tobytes(),
-            self.ino.tobytes(),
-            self.start.tobytes(),
-            self.count.tobytes(),
-            self.first_sub.tobytes(),
-            self.row_of.tobytes(),
+            memoryview(self.meta).cast("B"),
+            view(self.sub, "i"),
+            view(self.ino, "Q"),
+            view(self.start, "I"),
+            view(self.count, "I"),
+            view(self.first_sub, "I"),
+            view(self.row_of, "I"),
             self.opaque,
             self.whiteouts,
         )
 
+    def state(self) -> tuple:
+        """A marshal-able form (also what a scanning helper process sends back)."""
+        cols = (self.meta, self.sub, self.ino, self.start, self.count, self.first_sub, self.row_of)
+        return (self.names, *map(bytes, cols), self.opaque, self.whiteouts)
+
     @classmethod
     def from_state(cls, st: tuple) -> LayerTable:
-        names, meta, sub, ino, start, count, first_sub, row_of, opaque, whiteouts = st
-        return cls(
-            names,
-            meta,
-            memoryview(sub).cast("i"),
-            memoryview(ino).cast("Q"),
-            memoryview(start).cast("I"),
-            memoryview(count).cast("I"),
-            memoryview(first_sub).cast("I"),
-            memoryview(row_of).cast("I"),
-            opaque,
-            whiteouts,
-        )
+        return cls(*st)
 
     def save(self, path: str, root: bytes, key: bytes) -> None:
-        """Write atomically (temp file + rename); a reader sees the old table or the new one."""
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(root + b"\0" + marshal.dumps((VERSION, key, self.state())))
-        os.replace(tmp, path)
+        """Write the table to *path*.  In place, not through a temp file and a rename (which doubled
+        the cost): a reader of a torn or interleaved file finds its checksum wrong and scans."""
+        body = marshal.dumps((VERSION, key, self.state()))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, root + b"\0" + xxhash.xxh3_64_digest(body) + body)
+        finally:
+            os.close(fd)
 
 
 def load_all(paths: Sequence[str], keys: Sequence[bytes]) -> list[LayerTable | None]:
@@ -148,7 +144,11 @@ def _parse(fd: int, key: bytes) -> LayerTable | None:
                 data += more
         finally:
             os.close(fd)
-        version, saved_key, st = marshal.loads(data.partition(b"\0")[2])
+        at = data.index(b"\0") + 1
+        body = memoryview(data)[at + _SUM :]
+        if data[at : at + _SUM] != xxhash.xxh3_64_digest(body):  # torn or damaged: the compiled
+            return None  # merge trusts a table's columns, so a bad one must never get that far
+        version, saved_key, st = marshal.loads(body)
         if version != VERSION or saved_key != key:
             return None
         return LayerTable.from_state(st)
@@ -180,6 +180,14 @@ def prune(table_dir: Path) -> int:
 
 def scan(root: bytes) -> LayerTable:
     """Read every directory of the layer at *root* (breadth first; directory 0 is the root)."""
+    if _scan_state is None:
+        return scan_python(root)
+    return LayerTable(*_scan_state(root))
+
+
+def scan_python(root: bytes) -> LayerTable:
+    """:func:`scan` in Python: the reference of the compiled scanner, and its stand-in where that
+    was not built."""
     names: list[bytes] = []
     meta = array("q")
     sub = array("i")
@@ -243,16 +251,23 @@ def scan(root: bytes) -> LayerTable:
     return LayerTable(names, meta, sub, ino, start, count, first_sub, row_of, bytes(opaque), whiteouts)
 
 
-def layer_key(root: bytes, deep: bool) -> bytes:
-    """Validity key of a table of *root*: its path and the identity and times of its root directory,
-    and with *deep* of every directory in it (anything added, removed or renamed changes one)."""
+try:
+    from ._scan import scan_state as _scan_state
+except ImportError:  # not built (a source tree without setup.py run)
+    _scan_state = None
+
+
+def layer_key(root: bytes, deep: bool, st: os.stat_result | None = None) -> bytes:
+    """Validity key of a table of *root*: its path and the identity and times of its root directory
+    (*st*: its ``lstat``, if the caller has it), and with *deep* of every directory in it (anything
+    added, removed or renamed changes one)."""
     h = xxhash.xxh3_128(root + b"\0")
-    dirs = _walk_dirs(root) if deep else iter([root])
-    for d in dirs:
-        try:
-            st = os.lstat(d)
-        except OSError:
-            continue
+    for d in _walk_dirs(root) if deep else (root,):
+        if d is not root or st is None:
+            try:
+                st = os.lstat(d)
+            except OSError:
+                continue
         h.update(d + struct.pack("<QQqq", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
     return h.digest()
 
