@@ -18,6 +18,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "index_build_tables": ("rate", "index build from layer tables, cold (entries/s)"),
     "index_build_tables_warm": ("rate", "index build from layer tables, warm (entries/s)"),
     "index_load": ("time", "index open from cache (mmap), cold"),
+    "scan_floor": ("rate", "find -printf over the layers (C), cold (index entries/s)"),
+    "scan_floor_warm": ("rate", "find -printf over the layers (C), warm (index entries/s)"),
     "mount_cold": ("time", "mount until / lists, cold"),
     "mount_warm": ("time", "mount until / lists, warm"),
     "walk_cold": ("rate", "full walk, cold (entries/s)"),
