@@ -89,6 +89,7 @@ def import_(source: str, repository: str | None, message: str | None, changes: t
             fail(f"cannot read {source}: {e.strerror}")
         with f:
             record = import_tarball(store, f, source, repository, message, list(changes))
+    keep_layer_tables(store, [record.id])
     click.echo(record.id)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import fail, get_store, user_errors
+from cli.common import fail, get_store, keep_layer_tables, user_errors
 from store.commit import ChangedPath, commit, write_changeset
 from unionfs.changes import iter_changes
 from unionfs.mount import MountError, MountSpec, mount, mount_state, unmount
@@ -62,6 +62,7 @@ def commit_cmd(
     finally:
         if paused:
             resume_writes(c.mount_pid, stack.work)  # type: ignore[arg-type]
+    keep_layer_tables(store, [record.id])  # the new layer was just written: scanned from the cache
     click.echo(record.id)
 
 

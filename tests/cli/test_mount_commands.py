@@ -13,6 +13,7 @@ import pytest
 
 from store.store import Store
 from tests.helpers import strata
+from unionfs import layertable
 from unionfs.index import TABLE_DIR
 
 
@@ -53,6 +54,30 @@ def test_layer_tables_are_kept_and_pruned_with_their_layers(root: Path, image: s
     strata(root, "rmi", image)
     assert not any(p.exists() for p in layers)
     assert list(tables.iterdir()) == []
+
+
+def test_commit_and_import_keep_the_new_layers_table(root: Path, image: str, mnt: Path, tmp_path: Path) -> None:
+    """The layer `commit` or `import` just wrote is scanned then, so the image's first mount
+    merges kept tables only (every table is there, and the mount rewrites none)."""
+    tables = root / "index" / TABLE_DIR
+    cid = strata(root, "create", image).stdout.decode().strip()
+    strata(root, "mount", cid, str(mnt))
+    (mnt / "etc/new").write_text("x")
+    strata(root, "umount", str(mnt))
+    committed = strata(root, "commit", cid, "committed:1").stdout.decode().strip()
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "rootfs/f").write_text("f")
+    subprocess.run(["tar", "-C", str(tmp_path / "rootfs"), "-cf", str(tmp_path / "r.tar"), "."], check=True)
+    imported = strata(root, "import", str(tmp_path / "r.tar"), "imported:1").stdout.decode().strip()
+    store = Store(root)
+    for ref, path in ((committed, "etc/new"), (imported, "f")):
+        layers = store.layer_dirs(store.resolve(ref))
+        kept = {p: p.stat().st_mtime_ns for p in tables.glob("*.layer")}
+        assert {layertable.table_path(str(tables), os.fsencode(d)) for d in layers} <= set(map(str, kept))
+        strata(root, "mount", ref, str(mnt))
+        assert (mnt / path).exists()
+        strata(root, "umount", str(mnt))
+        assert {p: p.stat().st_mtime_ns for p in tables.glob("*.layer")} == kept
 
 
 def test_browsing_mounts_are_nodev_nosuid_unless_asked(root: Path, image: str, mnt: Path) -> None:
