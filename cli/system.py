@@ -18,7 +18,7 @@ def system_group() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show detailed information on space usage.")
 @user_errors
 def df(verbose: bool) -> None:
-    """Show disk usage: images, containers and layers (a shared layer counted once)."""
+    """Show disk usage: images, containers, layers (a shared layer counted once), index cache."""
     rows, detail = views.disk_usage(get_store())
     lines = ["TYPE\tTOTAL\tACTIVE\tSIZE\tRECLAIMABLE"]
     for r in rows:

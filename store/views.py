@@ -227,6 +227,7 @@ def disk_usage(store: Store) -> tuple[list[DfRow], dict]:
             sum(layer_sizes.values()),
             sum(v for k, v in layer_sizes.items() if k not in active_chains),
         ),
+        _index_row(store, {store.index_cache(r) for r in records if r.id in used_images}),
     ]
     detail = {
         "images": [
@@ -247,6 +248,25 @@ def disk_usage(store: Store) -> tuple[list[DfRow], dict]:
         "layers": [{"chain_id": k, "size": v, "active": k in active_chains} for k, v in sorted(layer_sizes.items())],
     }
     return rows, detail
+
+
+def _index_row(store: Store, active: set[Path]) -> DfRow:
+    """The union filesystem's caches in the store: each image stack's compiled index (rebuilt on
+    demand, so reclaimable unless a container's image uses it) and the layers' tables beside them
+    (counted in the size; they go with their layers)."""
+    caches = {}
+    for p in store.index_dir.glob("*.idx"):
+        try:
+            caches[p] = p.stat().st_size
+        except FileNotFoundError:  # removed meanwhile (by image prune, say)
+            pass
+    return DfRow(
+        "Index cache",
+        len(caches),
+        len(caches.keys() & active),
+        _tree_size(store.index_dir),
+        sum(v for p, v in caches.items() if p not in active),
+    )
 
 
 def _tree_size(path: Path) -> int:

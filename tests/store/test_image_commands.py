@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from cli.format import human_size
 from store.store import Store
 from tests.helpers import snapshot, strata
 
@@ -167,6 +169,34 @@ def test_system_df_counts_shared_layers_once(loaded: Path) -> None:
     layers = s.layers.all()
     assert out[3].split()[:2] == ["Layers", str(len(layers))]
     assert "Images space usage:" in strata(loaded, "system", "df", "-v").stdout.decode()
+
+
+def test_system_df_counts_the_index_cache(loaded: Path, tmp_path: Path) -> None:
+    """The compiled index of a mounted image and the layers' tables are counted; the index is
+    reclaimable while no container uses its image."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    strata(loaded, "mount", "layered", str(mnt))
+    strata(loaded, "umount", str(mnt))
+    found = (
+        subprocess.run(
+            ["find", str(loaded / "index"), "-type", "f", "-printf", "%s %f\n"], capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\n")
+    )
+    sizes = [(int(n), name) for n, name in (x.split(" ", 1) for x in found if x)]
+    idx = [n for n, name in sizes if name.endswith(".idx")]
+    assert len(idx) == 1 and len(sizes) > 1  # the index and the layers' tables
+    total = sum(n for n, _ in sizes)
+    row = next(x.split("\t") for x in _df_rows(loaded) if x.startswith("Index cache"))
+    assert row[1:] == ["1", "0", human_size(total), f"{human_size(idx[0])} ({100 * idx[0] // total}%)"]
+
+
+def _df_rows(root: Path) -> list[str]:
+    """`system df` lines with columns split on runs of 2+ spaces (the type name has one space)."""
+    out = strata(root, "system", "df").stdout.decode().splitlines()
+    return ["\t".join(re.split(r"\s{2,}", x.strip())) for x in out]
 
 
 def test_prune_all_with_a_label_filter_keeps_what_does_not_match(loaded: Path) -> None:
