@@ -11,6 +11,7 @@ and ``strata_index=PATH`` (index cache file; default: inside the workdir).
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -211,8 +212,9 @@ def parse_args(argv: list[str]) -> dict:
     from unionfs.index import realpaths
 
     lowers = []
-    for p, rp in zip(res["lowers"], realpaths(res["lowers"]), strict=True):
-        if not os.path.isdir(rp):
+    stats: list[os.stat_result | None] = []
+    for p, rp, st in zip(res["lowers"], realpaths(res["lowers"], stats), stats, strict=True):
+        if st is None or not stat.S_ISDIR(st.st_mode):  # (resolved: lstat is stat)
             raise UsageError(f"lowerdir {p} does not exist or is not a directory")
         lowers.append(Path(os.fsdecode(rp)))
     res["lowers"] = lowers

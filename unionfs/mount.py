@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -54,12 +55,13 @@ def _prepare(spec: MountSpec, mountpoint: Path):
 
     if not spec.lowers:
         raise MountError("no lower directory given")
+    stats: list[os.stat_result | None] = []
     try:
-        real = realpaths(spec.lowers)  # (one realpath per lower costs ~60 ms for 1000 layers)
+        real = realpaths(spec.lowers, stats)  # (one realpath per lower costs ~60 ms for 1000 layers)
     except OSError as e:
         raise MountError(f"lower directory: {e.strerror}") from None
-    for p, rp in zip(spec.lowers, real, strict=True):
-        if not os.path.isdir(rp):
+    for p, st in zip(spec.lowers, stats, strict=True):
+        if st is None or not stat.S_ISDIR(st.st_mode):  # (resolved: lstat is stat)
             raise MountError(f"lower directory {p} is not a directory")
     lowers = real
     state = mount_state(Path(os.path.abspath(mountpoint)))
@@ -92,7 +94,7 @@ def _prepare(spec: MountSpec, mountpoint: Path):
             cache_dir = None
             if spec.index_cache is None and spec.work is not None:
                 cache_dir = Path(os.path.realpath(spec.work)) / "strata"
-            lower = load_or_build(lowers, spec.index_cache, cache_dir)
+            lower = load_or_build(lowers, spec.index_cache, cache_dir, resolved=stats)
         else:
             from .probe import ProbeLower
 
