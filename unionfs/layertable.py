@@ -48,6 +48,7 @@ _IFDIR = stat.S_IFDIR
 _IFCHR = stat.S_IFCHR
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SUM = 8  # bytes of a kept table's checksum (xxh3_64 of the rest)
+READ_SIZE = 1 << 16
 LOAD_BATCH = 256  # tables open at once while loading (well below the usual limit of 1024 descriptors)
 FD_FROM = 4  # entries from which a directory is opened to stat them relative to it (cheaper per entry)
 
@@ -138,10 +139,12 @@ def _parse(fd: int, key: bytes) -> LayerTable | None:
         return None
     try:
         try:
-            size = os.fstat(fd).st_size
-            data = os.read(fd, size)
-            while len(data) < size and (more := os.read(fd, size - len(data))):
-                data += more
+            data = os.read(fd, READ_SIZE)  # most tables in one read, and no fstat for the size
+            if len(data) == READ_SIZE:  # (a regular file reads short only at its end)
+                parts = [data]
+                while more := os.read(fd, 1 << 20):
+                    parts.append(more)
+                data = b"".join(parts)
         finally:
             os.close(fd)
         at = data.index(b"\0") + 1
