@@ -311,3 +311,18 @@ def test_empty_and_missing_layers(tmp_path: Path, jobs: int) -> None:
     idx = build_index([tmp_path / "a", tmp_path / "b", tmp_path / "gone"], jobs=jobs)
     assert idx.count == 1 and list(idx.children(0)) == [] and idx.lookup(0, b"x") == -1
     assert build_index([], jobs=jobs).count == 1
+
+
+def test_a_table_larger_than_one_read_loads_whole(tmp_path: Path) -> None:
+    layer = tmp_path / "big"
+    layer.mkdir()
+    for i in range(1500):  # ~150 KB of table: more than layertable.READ_SIZE
+        (layer / f"file-{i:05}").write_text("x")
+    root = os.fsencode(layer)
+    key = layertable.layer_key(root, False)
+    path = layertable.table_path(str(tmp_path), root)
+    layertable.scan(root)  # (the first listing may set the directory's atime)
+    layertable.scan(root).save(path, root, key)
+    assert os.path.getsize(path) > 2 * layertable.READ_SIZE
+    (got,) = layertable.load_all([path], [key])
+    assert got is not None and got.state() == layertable.scan(root).state()
