@@ -43,7 +43,7 @@ fi
 stamp=.venv/.strata-installed
 # (the install also compiles unionfs/*.pyx, the index builder's hot loops, in place)
 stale=0
-for f in pyproject.toml setup.py unionfs/*.pyx; do [ "$f" -nt "$stamp" ] && stale=1; done
+for f in pyproject.toml setup.py unionfs/*.pyx unionfs/*.pxd; do [ "$f" -nt "$stamp" ] && stale=1; done
 if [ ! -f "$stamp" ] || [ "$stale" = 1 ] || ! ls unionfs/_scan.*.so unionfs/_merge.*.so >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
     .venv/bin/python -m pip install -q -e '.[test]'

@@ -12,8 +12,10 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
+
+from ._buf cimport Buf, put, reserve
 
 import xxhash
 
@@ -34,34 +36,6 @@ cdef struct Tab:  # one layer table's columns (see unionfs.layertable)
     const uint32_t *first_sub
     const uint32_t *row_of
     const char *opaque
-
-
-cdef struct Buf:  # a growable byte buffer
-    char *data
-    size_t len
-    size_t cap
-
-
-cdef int reserve(Buf *b, size_t extra) except -1:
-    cdef size_t cap = b.cap or 4096
-    cdef char *p
-    while cap < b.len + extra:
-        cap *= 2
-    if cap != b.cap:
-        p = <char *>realloc(b.data, cap)
-        if p == NULL:
-            raise MemoryError()
-        b.data = p
-        b.cap = cap
-    return 0
-
-
-cdef inline int put(Buf *b, const void *src, size_t n) except -1:
-    if b.len + n > b.cap:
-        reserve(b, n)
-    memcpy(b.data + b.len, src, n)
-    b.len += n
-    return 0
 
 
 cdef inline int put3(Buf *b, uint32_t x, uint32_t y, uint32_t z) except -1:

@@ -7,8 +7,10 @@ result (``LayerTable.state()``), without the Python bytecode around each ``lstat
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport ERANGE, errno
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
-from libc.string cimport memcmp, memcpy, strlen
+from libc.stdlib cimport free
+from libc.string cimport memcmp, strlen
+
+from ._buf cimport Buf, put, reserve
 
 import os
 
@@ -56,34 +58,6 @@ cdef extern from "<sys/xattr.h>" nogil:
     ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
 
 
-cdef struct Buf:  # a growable byte buffer
-    char *data
-    size_t len
-    size_t cap
-
-
-cdef int grow(Buf *b, size_t extra) except -1:
-    cdef size_t cap = b.cap or 4096
-    cdef char *p
-    while cap < b.len + extra:
-        cap *= 2
-    if cap != b.cap:
-        p = <char *>realloc(b.data, cap)
-        if p == NULL:
-            raise MemoryError()
-        b.data = p
-        b.cap = cap
-    return 0
-
-
-cdef inline int put(Buf *b, const void *src, size_t n) except -1:
-    if b.len + n > b.cap:
-        grow(b, n)
-    memcpy(b.data + b.len, src, n)
-    b.len += n
-    return 0
-
-
 cdef inline int put_u32(Buf *b, uint32_t v) except -1:
     return put(b, &v, 4)
 
@@ -109,7 +83,7 @@ cdef bint opaque_xattr(int fd, const char *path) except -1:
     cdef const char *name
     n = flistxattr(fd, names, sizeof(names)) if fd >= 0 else llistxattr(path, names, sizeof(names))
     if n <= 0:
-        return n < 0 and errno == ERANGE and opaque_xattr_slow(fd, path)  # ERANGE: more names than fit
+        return n < 0 and errno == ERANGE and opaque_xattr_slow(path)  # ERANGE: more names than fit
     while off < <size_t>n:
         name = names + off
         if <bytes>name in OPAQUE_C:
@@ -120,7 +94,7 @@ cdef bint opaque_xattr(int fd, const char *path) except -1:
     return False
 
 
-cdef bint opaque_xattr_slow(int fd, const char *path) except -1:
+cdef bint opaque_xattr_slow(const char *path) except -1:
     from .whiteout import has_opaque_xattr
 
     return has_opaque_xattr(path)
@@ -128,8 +102,9 @@ cdef bint opaque_xattr_slow(int fd, const char *path) except -1:
 
 from .whiteout import OPAQUE_NAME, OPAQUE_XATTRS, WH_PREFIX
 
+assert WH_PREFIX == b".wh."  # what the listing loop compares, in C
+
 cdef frozenset OPAQUE_C = frozenset(OPAQUE_XATTRS)
-cdef bytes WH = WH_PREFIX
 cdef bytes OPQ = OPAQUE_NAME[len(WH_PREFIX):]
 
 
@@ -189,7 +164,7 @@ def scan_state(bytes root):
                 listed.sort()
                 n = len(listed)
                 sts.len = 0
-                grow(&sts, n * sizeof(stat_t))
+                reserve(&sts, n * sizeof(stat_t))
                 st = <stat_t *>sts.data
                 for k in range(n):
                     if fstatat(fd, PyBytes_AS_STRING(listed[k]), &st[k], AT_SYMLINK_NOFOLLOW) != 0:
