@@ -1,7 +1,8 @@
 # cython: language_level=3
 """A growable byte buffer, shared by the compiled parts of the index builder."""
 
-from libc.stdlib cimport realloc
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
 
@@ -32,3 +33,12 @@ cdef inline int put(Buf *b, const void *src, size_t n) except -1:
     memcpy(b.data + b.len, src, n)
     b.len += n
     return 0
+
+
+cdef inline bytes take(Buf *b):
+    """The buffer's bytes; the buffer is freed (and empty)."""
+    out = PyBytes_FromStringAndSize(b.data, b.len) if b.len else b""
+    free(b.data)
+    b.data = NULL
+    b.len = b.cap = 0
+    return out

@@ -15,7 +15,7 @@ from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from ._buf cimport Buf, put, reserve
+from ._buf cimport Buf, put, reserve, take
 
 import xxhash
 
@@ -58,8 +58,7 @@ cdef inline int put_link(Buf *b, uint32_t parent, uint32_t layer, uint32_t entry
 
 cdef object to_array(str code, Buf *b):
     out = array(code)
-    if b.len:
-        out.frombytes(PyBytes_FromStringAndSize(b.data, b.len))
+    out.frombytes(take(b))
     return out
 
 

@@ -4,13 +4,13 @@ result (``LayerTable.state()``), without the Python bytecode around each ``lstat
 ~2x the system calls themselves).  ``layertable.scan_python`` is the reference it is tested against.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING
 from libc.errno cimport ERANGE, errno
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free
 from libc.string cimport memcmp, strlen
 
-from ._buf cimport Buf, put, reserve
+from ._buf cimport Buf, put, reserve, take
 
 import os
 
@@ -62,14 +62,6 @@ cdef inline int put_u32(Buf *b, uint32_t v) except -1:
     return put(b, &v, 4)
 
 
-cdef bytes take(Buf *b):
-    out = PyBytes_FromStringAndSize(b.data, b.len) if b.len else b""
-    free(b.data)
-    b.data = NULL
-    b.len = b.cap = 0
-    return out
-
-
 cdef inline int64_t ns(timespec t) nogil:
     return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
 
@@ -95,12 +87,10 @@ cdef bint opaque_xattr(int fd, const char *path) except -1:
 
 
 cdef bint opaque_xattr_slow(const char *path) except -1:
-    from .whiteout import has_opaque_xattr
-
     return has_opaque_xattr(path)
 
 
-from .whiteout import OPAQUE_NAME, OPAQUE_XATTRS, WH_PREFIX
+from .whiteout import OPAQUE_NAME, OPAQUE_XATTRS, WH_PREFIX, has_opaque_xattr
 
 assert WH_PREFIX == b".wh."  # what the listing loop compares, in C
 

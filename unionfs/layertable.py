@@ -266,12 +266,11 @@ def layer_key(root: bytes, deep: bool, st: os.stat_result | None = None) -> byte
     added, removed or renamed changes one)."""
     h = xxhash.xxh3_128(root + b"\0")
     for d in _walk_dirs(root) if deep else (root,):
-        if d is not root or st is None:
-            try:
-                st = os.lstat(d)
-            except OSError:
-                continue
-        h.update(d + struct.pack("<QQqq", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+        try:
+            s = st if st is not None and d == root else os.lstat(d)
+        except OSError:
+            continue
+        h.update(d + struct.pack("<QQqq", s.st_dev, s.st_ino, s.st_mtime_ns, s.st_ctime_ns))
     return h.digest()
 
 

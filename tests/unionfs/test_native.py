@@ -112,24 +112,20 @@ def test_many_xattr_names_are_read_as_python_does() -> None:
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm")
     tmp_path = Path(tempfile.mkdtemp(prefix="strata-xattrs-", dir="/dev/shm"))
-    d = tmp_path / "d"
-    d.mkdir()
     try:
-        _many_xattrs(tmp_path, d)
+        d = tmp_path / "d"
+        d.mkdir()
+        for i in range(300):
+            os.setxattr(d, f"user.padding-{i:04}-" + "x" * 12, b"")
+        os.setxattr(d, "user.overlay.opaque", b"y")
+        assert sum(len(n) + 1 for n in os.listxattr(d)) > 4096
+        r = os.fsencode(tmp_path)
+        layertable.scan_python(r)
+        native = layertable.scan(r)
+        assert native.state() == layertable.scan_python(r).state()
+        assert native.opaque == b"\x00\x01"  # the root, then d
     finally:
         shutil.rmtree(tmp_path)
-
-
-def _many_xattrs(tmp_path: Path, d: Path) -> None:
-    for i in range(300):
-        os.setxattr(d, f"user.padding-{i:04}-" + "x" * 12, b"")
-    os.setxattr(d, "user.overlay.opaque", b"y")
-    assert sum(len(n) + 1 for n in os.listxattr(d)) > 4096
-    r = os.fsencode(tmp_path)
-    layertable.scan_python(r)
-    native = layertable.scan(r)
-    assert native.state() == layertable.scan_python(r).state()
-    assert native.opaque == b"\x00\x01"  # the root, then d
 
 
 def test_a_table_with_inconsistent_columns_is_refused(tmp_path: Path) -> None:
