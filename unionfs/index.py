@@ -42,8 +42,8 @@ from pathlib import Path
 
 import xxhash
 
-from . import layertable
-from .layertable import META, META_BYTES, META_W, LayerTable, layer_key, table_path
+from . import layertable, tablepack
+from .layertable import META, META_BYTES, META_W, LayerTable, layer_key
 
 MAGIC = b"STRIDX03"
 HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
@@ -314,7 +314,7 @@ def layer_tables(
     if table_dir is not None:
         if keys is None:
             keys = [layer_key(r, deep=False) for r in roots]
-        tables = layertable.load_all([table_path(where, r) for r in roots], keys)
+        tables = tablepack.load(where, roots, keys)
     todo = [k for k, t in enumerate(tables) if t is None]
     if len(todo) > 1 and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
         scanned = _scan_shared(roots, todo)
@@ -322,9 +322,7 @@ def layer_tables(
         scanned = {k: layertable.scan(roots[k]) for k in todo}
     if table_dir is not None and scanned and keys is not None:
         try:
-            Path(table_dir).mkdir(parents=True, exist_ok=True)
-            for k, t in scanned.items():
-                t.save(table_path(where, roots[k]), roots[k], keys[k])
+            tablepack.save(where, [(roots[k], keys[k], t) for k, t in sorted(scanned.items())])
         except OSError:
             pass  # a cache that cannot be written only costs the next build a scan
     for k, t in scanned.items():
@@ -506,7 +504,7 @@ def prepare_tables(lowers: Sequence[str | os.PathLike], cache_dir: Path) -> None
 
 def prune_tables(cache_dir: Path) -> int:
     """Remove the layer tables kept for index caches in *cache_dir* whose layer is gone."""
-    return layertable.prune(Path(cache_dir) / TABLE_DIR)
+    return tablepack.prune(os.fspath(Path(cache_dir) / TABLE_DIR))
 
 
 def load_or_build(

@@ -7,8 +7,7 @@ sorted by name, in rows ``start[d] .. start[d] + count[d]``; row *j* is a subdir
 ``sub[j] >= 0`` (its directory number), and ``ino[j]`` is nonzero only for a non-directory with
 more than one link (the hard-link candidates). Whiteout markers and kernel-form whiteouts are not
 rows: they are each directory's ``whiteouts``, and ``.wh..wh..opq`` or an opaque xattr set
-``opaque``.  A kept table starts with its layer's path (so tables of removed layers can be pruned),
-then a checksum of the rest.
+``opaque``.  Tables are kept by :mod:`unionfs.tablepack`, as :func:`encode` writes them.
 """
 
 from __future__ import annotations
@@ -18,10 +17,8 @@ import os
 import stat
 import struct
 from array import array
-from collections.abc import Sequence
 from itertools import chain
 from operator import attrgetter
-from pathlib import Path
 
 import xxhash
 
@@ -48,8 +45,6 @@ _IFDIR = stat.S_IFDIR
 _IFCHR = stat.S_IFCHR
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SUM = 8  # bytes of a kept table's checksum (xxh3_64 of the rest)
-READ_SIZE = 1 << 16
-LOAD_BATCH = 256  # tables open at once while loading (well below the usual limit of 1024 descriptors)
 FD_FROM = 4  # entries from which a directory is opened to stat them relative to it (cheaper per entry)
 
 
@@ -103,82 +98,27 @@ class LayerTable:
     def from_state(cls, st: tuple) -> LayerTable:
         return cls(*st)
 
-    def save(self, path: str, root: bytes, key: bytes) -> None:
-        """Write the table to *path*.  In place, not through a temp file and a rename (which doubled
-        the cost): a reader of a torn or interleaved file finds its checksum wrong and scans."""
-        body = marshal.dumps((VERSION, key, self.state()))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, root + b"\0" + xxhash.xxh3_64_digest(body) + body)
-        finally:
-            os.close(fd)
+
+def encode(table: LayerTable, root: bytes, key: bytes) -> bytes:
+    """*table* as kept for the layer at *root* under its *key*: the root (so that tables of removed
+    layers can be pruned), a checksum of the rest, and the marshalled columns."""
+    body = marshal.dumps((VERSION, key, table.state()))
+    return root + b"\0" + xxhash.xxh3_64_digest(body) + body
 
 
-def load_all(paths: Sequence[str], keys: Sequence[bytes]) -> list[LayerTable | None]:
-    """The tables saved at *paths* under *keys* (None where one is missing, stale or unreadable).
-
-    A batch is opened and its reads started before any is parsed, so that from a cold page cache
-    the disk reads them together (1000 tables: ~50 ms instead of ~200)."""
-    out: list[LayerTable | None] = []
-    for b in range(0, len(paths), LOAD_BATCH):
-        fds = []
-        for p in paths[b : b + LOAD_BATCH]:
-            try:
-                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                fd = -1
-            else:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            fds.append(fd)
-        out += [_parse(fd, key) for fd, key in zip(fds, keys[b : b + LOAD_BATCH], strict=True)]
-    return out
-
-
-def _parse(fd: int, key: bytes) -> LayerTable | None:
-    if fd < 0:
-        return None
+def decode(record: bytes | memoryview, root: bytes, key: bytes) -> LayerTable | None:
+    """The table in *record* if it is whole and was kept for *root* under *key*, else None."""
+    at = len(root) + 1
+    body = record[at + _SUM :]
+    if record[:at] != root + b"\0" or record[at : at + _SUM] != xxhash.xxh3_64_digest(body):
+        return None  # torn or damaged: the compiled merge trusts a table's columns
     try:
-        try:
-            data = os.read(fd, READ_SIZE)  # most tables in one read, and no fstat for the size
-            if len(data) == READ_SIZE:  # (a regular file reads short only at its end)
-                parts = [data]
-                while more := os.read(fd, 1 << 20):
-                    parts.append(more)
-                data = b"".join(parts)
-        finally:
-            os.close(fd)
-        at = data.index(b"\0") + 1
-        body = memoryview(data)[at + _SUM :]
-        if data[at : at + _SUM] != xxhash.xxh3_64_digest(body):  # torn or damaged: the compiled
-            return None  # merge trusts a table's columns, so a bad one must never get that far
         version, saved_key, st = marshal.loads(body)
-        if version != VERSION or saved_key != key:
-            return None
-        return LayerTable.from_state(st)
-    except (OSError, EOFError, ValueError, TypeError):
+    except (EOFError, ValueError, TypeError):
         return None
-
-
-def prune(table_dir: Path) -> int:
-    """Remove the tables in *table_dir* whose layer directory is gone (and left-over temp files);
-    returns how many were removed."""
-    removed = 0
-    try:
-        files = list(Path(table_dir).iterdir())
-    except OSError:
-        return 0
-    for p in files:
-        try:
-            if p.suffix == ".layer":
-                with open(p, "rb") as f:
-                    root, sep, _ = f.read(4097).partition(b"\0")
-                if sep and os.path.isdir(root):
-                    continue
-            p.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
+    if version != VERSION or saved_key != key:
+        return None
+    return LayerTable.from_state(st)
 
 
 def scan(root: bytes) -> LayerTable:
@@ -285,9 +225,3 @@ def _walk_dirs(root: bytes):
         except OSError:
             continue
         stack.extend(reversed(subs))
-
-
-def table_path(table_dir: str, root: bytes) -> str:
-    """Where the table of the layer at *root* is kept in *table_dir* (str paths: this runs once per
-    layer of every build, and pathlib costs more than the rest of opening a small table)."""
-    return f"{table_dir}/{xxhash.xxh64_hexdigest(root)}.layer"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.stack import StackParams, generate, merged_view
-from unionfs import index, layertable
+from unionfs import index, layertable, tablepack
 from unionfs.index import Index, build_index, cache_key, load_or_build
 from unionfs.probe import ProbeLower
 
@@ -249,6 +249,9 @@ def test_matches_an_independent_merge(bench_stacks: list, tmp_path: Path, jobs: 
                 assert e == -1, p
 
 
+_scan = layertable.scan
+
+
 def _no_scan(root: bytes) -> None:
     raise AssertionError(f"{root!r} scanned although its table was kept")
 
@@ -283,25 +286,39 @@ def test_stacks_share_the_tables_of_their_layers(bench_stacks: list, tmp_path: P
     scanning a layer, and gives what a scan gives."""
     layers = bench_stacks[-1].oci_layers
     load_or_build(layers, cache=tmp_path / "a.idx")
-    assert len(list((tmp_path / index.TABLE_DIR).iterdir())) == len(layers)
+    assert sorted(tablepack.roots(str(tmp_path / index.TABLE_DIR))) == sorted(map(os.fsencode, layers))
     scanned = _arrays(build_index(layers[2:]))
     monkeypatch.setattr(layertable, "scan", _no_scan)
     got = load_or_build(layers[2:], cache=tmp_path / "b.idx")
     assert got._mm is None and _arrays(got) == scanned
 
 
-def test_stale_or_broken_tables_are_scanned_again(stack: list[Path], tmp_path: Path) -> None:
+def test_stale_or_broken_tables_are_scanned_again(stack: list[Path], tmp_path: Path, monkeypatch) -> None:
     cache = tmp_path / "cache"
+    want = paths(build_index(stack))
     load_or_build(stack, cache_dir=cache)
-    kept = sorted((cache / index.TABLE_DIR).iterdir())
-    assert len(kept) == 2
-    kept[0].write_bytes(b"garbage")
-    kept[1].write_bytes(kept[1].read_bytes()[:-9])  # cut short
-    assert paths(load_or_build(stack, cache_dir=cache)) == paths(build_index(stack))
+    pack = cache / index.TABLE_DIR / tablepack.PACK
+    data = bytearray(pack.read_bytes())
+    top = os.fsencode(stack[0].resolve())
+    data[data.index(top + b"\0") + len(top) + 30] ^= 0xFF  # inside the top layer's columns
+    pack.write_bytes(data)
+    scanned: list[bytes] = []
+    monkeypatch.setattr(layertable, "scan", lambda root: scanned.append(root) or _scan(root))
+    for idx in cache.glob("*.idx"):
+        idx.unlink()
+    assert paths(load_or_build(stack, cache_dir=cache)) == want
+    assert scanned == [top]  # only the damaged table
+    pack.write_bytes(data[: len(data) // 2])  # cut short: its directory is gone
+    for idx in cache.glob("*.idx"):
+        idx.unlink()
+    assert paths(load_or_build(stack, cache_dir=cache)) == want
+    assert len(tablepack.roots(str(pack.parent))) == 2  # and the pack is whole again
+    scanned.clear()
     time.sleep(0.01)
     (stack[1] / "etc" / "added").write_text("x")  # deep key: a changed directory of a layer
     (cache / next(cache.glob("*.idx")).name).unlink()  # (the stack's index would be rebuilt anyway)
     assert "/etc/added" in paths(load_or_build(stack, cache_dir=cache))
+    assert scanned == [os.fsencode(stack[1].resolve())]
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -311,18 +328,3 @@ def test_empty_and_missing_layers(tmp_path: Path, jobs: int) -> None:
     idx = build_index([tmp_path / "a", tmp_path / "b", tmp_path / "gone"], jobs=jobs)
     assert idx.count == 1 and list(idx.children(0)) == [] and idx.lookup(0, b"x") == -1
     assert build_index([], jobs=jobs).count == 1
-
-
-def test_a_table_larger_than_one_read_loads_whole(tmp_path: Path) -> None:
-    layer = tmp_path / "big"
-    layer.mkdir()
-    for i in range(1500):  # ~150 KB of table: more than layertable.READ_SIZE
-        (layer / f"file-{i:05}").write_text("x")
-    root = os.fsencode(layer)
-    key = layertable.layer_key(root, False)
-    path = layertable.table_path(str(tmp_path), root)
-    layertable.scan(root)  # (the first listing may set the directory's atime)
-    layertable.scan(root).save(path, root, key)
-    assert os.path.getsize(path) > 2 * layertable.READ_SIZE
-    (got,) = layertable.load_all([path], [key])
-    assert got is not None and got.state() == layertable.scan(root).state()
