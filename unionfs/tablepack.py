@@ -60,30 +60,10 @@ def load(table_dir: str, roots: Sequence[bytes], keys: Sequence[bytes]) -> list[
 def save(table_dir: str, tables: Iterable[tuple[bytes, bytes, LayerTable]]) -> None:
     """Keep each ``(root, key, table)`` of *tables* in *table_dir* (replacing what a root had)."""
     new = [(root, encode(t, root, key)) for root, key, t in tables]
-    if not new:
-        return
-    os.makedirs(table_dir, exist_ok=True)
-    with _locked(table_dir):
-        path = f"{table_dir}/{PACK}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            old = _directory(fd) if size else {}
-            replaced = {r for r, _ in new}
-            live = sum(n for r, (_, n) in old.items() if r not in replaced)
-            if size >= HEADER.size and size - HEADER.size - live < max(live, COMPACT_FROM):
-                found = dict(old)
-                blob = bytearray()
-                for root, rec in new:
-                    found[root] = (size + len(blob), len(rec))
-                    blob += rec
-                _finish(fd, found, blob, size)
-                return
-            kept = {r: w for r, w in old.items() if r not in replaced}
-            records = _read(fd, list(kept.values()))
-        finally:
-            os.close(fd)
-        _rewrite(table_dir, [(r, records[w[0]]) for r, w in kept.items()] + new)
+    if new:
+        os.makedirs(table_dir, exist_ok=True)
+        with _locked(table_dir):
+            _update(table_dir, new, lambda root: True)
 
 
 def prune(table_dir: str, keep: Callable[[bytes], bool] = os.path.isdir) -> int:
@@ -102,21 +82,39 @@ def prune(table_dir: str, keep: Callable[[bytes], bool] = os.path.isdir) -> int:
                     removed += 1
                 except OSError:
                     pass
-        try:
-            fd = os.open(f"{table_dir}/{PACK}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return removed
-        try:
-            found = _directory(fd)
-            gone = [r for r in found if not keep(r)]
-            if not gone:
-                return removed
-            kept = {r: w for r, w in found.items() if r not in gone}
-            records = _read(fd, list(kept.values()))
-        finally:
-            os.close(fd)
-        _rewrite(table_dir, [(r, records[w[0]]) for r, w in kept.items()])
-        return removed + len(gone)
+        return removed + _update(table_dir, [], keep)
+
+
+def _update(table_dir: str, new: list[tuple[bytes, bytes]], keep: Callable[[bytes], bool]) -> int:
+    """Under the lock: add the records *new* (root, record) and drop the tables whose root fails
+    *keep*, by appending them and a new directory, or, once more than half of the file would be
+    dead, by rewriting it with the live records only; returns how many tables were dropped."""
+    path = f"{table_dir}/{PACK}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if new else 0), 0o644)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        replaced = {r for r, _ in new}
+        old = _directory(fd) if size else {}
+        kept = {r: w for r, w in old.items() if r not in replaced and keep(r)}
+        dropped = len(old) - len(kept) - len(replaced & old.keys())
+        if not new and not dropped:
+            return 0
+        live = sum(n for _, n in kept.values())
+        if size >= HEADER.size and size - HEADER.size - live < max(live, COMPACT_FROM):
+            blob = bytearray()
+            for root, rec in new:
+                kept[root] = (size + len(blob), len(rec))
+                blob += rec
+            _finish(fd, kept, blob, size)
+            return dropped
+        records = _read(fd, list(kept.values()))
+    finally:
+        os.close(fd)
+    _rewrite(table_dir, [(r, records[w[0]]) for r, w in kept.items()] + new)
+    return dropped
 
 
 def roots(table_dir: str) -> list[bytes]:

@@ -123,9 +123,7 @@ def _reader(td: str, roots: list[bytes], want: tuple, rounds: int, failures) -> 
                 failures.value += 1
 
 
-def test_readers_see_a_whole_pack_while_it_is_rewritten(
-    tmp_path: Path, tables: list[LayerTable], monkeypatch
-) -> None:
+def test_readers_see_a_whole_pack_while_it_is_rewritten(tmp_path: Path, tables: list[LayerTable], monkeypatch) -> None:
     """A reader takes no lock, yet while writers append and compact it always finds every table of
     layers saved before it started."""
     monkeypatch.setattr(tablepack, "COMPACT_FROM", 0)
@@ -153,7 +151,9 @@ def test_prune_drops_gone_layers_and_stray_files(tmp_path: Path, tables: list[La
     tablepack.save(str(td), zip(alive + gone, _keys(alive + gone), tables[:2] * 2, strict=True))
     (td / "0123456789abcdef.layer").write_bytes(b"a table of an earlier format")
     (td / f"{tablepack.PACK}.tmp999").write_bytes(b"left by a writer that died")
+    ino = (td / tablepack.PACK).stat().st_ino
     assert tablepack.prune(str(td)) == 4
+    assert (td / tablepack.PACK).stat().st_ino == ino  # a new directory appended, not all copied
     assert sorted(os.listdir(td)) == sorted([tablepack.PACK, tablepack.LOCK])
     assert sorted(tablepack.roots(str(td))) == sorted(alive)
     _check(str(td), alive + gone, [*tables[:2], None, None])
