@@ -3,8 +3,10 @@
 ``python -m bench.index_times`` reads ``{"layers": [...], "cache": path, "cold": bool}`` on stdin
 and prints the timings (metric -> ``{"seconds", "ops"}``) as JSON: the index built by scanning the
 layers and from their tables kept beside *cache*, and the cached index opened; the "cold" ones
-after dropping the page cache.  Beside them, the floor of a first scan: GNU ``find`` (C) reading
-the same directories and ``lstat``-ing the same entries, counted in the same index entries.  A
+after dropping the page cache.  Beside them, the floors: of a first scan, GNU ``find`` (C) reading
+the same directories and ``lstat``-ing the same entries; of a cold build from kept tables, ``find``
+``lstat``-ing the layers' roots alone (what checking each table's key costs); both counted in the
+same index entries.  A
 fresh process, because the benchmark's own (large) heap made the same build up to 2x slower than
 in the small process that really does it.
 """
@@ -30,9 +32,9 @@ def times(layers: list[str], cache: Path, cold: bool) -> dict:
     tables = cache.parent / TABLE_DIR
     entries = build_index(layers).count
 
-    def find() -> int:  # every stat field the index keeps, so find lstat-s every entry
+    def find(*depth: str) -> int:  # every stat field the index keeps, so find lstat-s every entry
         fields = "%i %s %m %U %G %n %T@ %C@\n"
-        subprocess.run(["find", *layers, "-printf", fields], stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(["find", *layers, *depth, "-printf", fields], stdout=subprocess.DEVNULL, check=True)
         return entries
 
     def count(idx: Index | None) -> int | None:
@@ -47,6 +49,7 @@ def times(layers: list[str], cache: Path, cold: bool) -> dict:
         ("index_load", True, lambda: count(Index.load(cache, expect_key=cache_key(layers, deep=False)))),
         ("scan_floor", True, find),
         ("scan_floor_warm", False, find),
+        ("tables_floor", True, lambda: find("-maxdepth", "0")),
     ):
         seconds = []
         for _ in range(RUNS):

@@ -20,6 +20,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "index_load": ("time", "index open from cache (mmap), cold"),
     "scan_floor": ("rate", "find -printf over the layers (C), cold (index entries/s)"),
     "scan_floor_warm": ("rate", "find -printf over the layers (C), warm (index entries/s)"),
+    "tables_floor": ("rate", "find -maxdepth 0 over the layer roots (C), cold (index entries/s)"),
     "mount_cold": ("time", "mount until / lists, cold"),
     "mount_warm": ("time", "mount until / lists, warm"),
     "walk_cold": ("rate", "full walk, cold (entries/s)"),
