@@ -211,13 +211,12 @@ def parse_args(argv: list[str]) -> dict:
         raise UsageError("upperdir and workdir must be given together")
     from unionfs.index import realpaths
 
-    lowers = []
     stats: list[os.stat_result | None] = []
-    for p, rp, st in zip(res["lowers"], realpaths(res["lowers"], stats), stats, strict=True):
+    lowers = realpaths(res["lowers"], stats)
+    for p, st in zip(res["lowers"], stats, strict=True):
         if st is None or not stat.S_ISDIR(st.st_mode):  # (resolved: lstat is stat)
             raise UsageError(f"lowerdir {p} does not exist or is not a directory")
-        lowers.append(Path(os.fsdecode(rp)))
-    res["lowers"] = lowers
+    res["lowers"], res["lower_stats"] = lowers, stats
     for k in ("upper", "work"):
         if res[k] is not None:
             rp = os.path.realpath(res[k])
@@ -236,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         a = parse_args(sys.argv[1:] if argv is None else argv)
         spec = MountSpec(
             lowers=a["lowers"],
+            lower_stats=a["lower_stats"],
             upper=a["upper"],
             work=a["work"],
             index_cache=a["index_cache"],

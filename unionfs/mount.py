@@ -9,6 +9,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +26,7 @@ class MountError(Exception):
 
 
 class MountSpec(NamedTuple):  # (not a dataclass: importing dataclasses costs every mount ~9 ms)
-    lowers: list[Path]  # topmost first
+    lowers: Sequence[str | bytes | os.PathLike]  # topmost first
     upper: Path | None = None  # None => read-only
     work: Path | None = None
     index_cache: Path | None = None
@@ -35,6 +36,9 @@ class MountSpec(NamedTuple):  # (not a dataclass: importing dataclasses costs ev
     suid: bool = False
     debug: bool = False
     fsname: str = "strata-overlay"
+    # the lowers' lstat results if they are already resolved (``index.realpaths``) and checked: the
+    # caller did it to report a bad one, and doing it again costs ~4 ms for 1000 layers
+    lower_stats: Sequence[os.stat_result | None] | None = None
 
 
 def _check_dir(p: Path, what: str) -> Path:
@@ -56,10 +60,13 @@ def _prepare(spec: MountSpec, mountpoint: Path):
     if not spec.lowers:
         raise MountError("no lower directory given")
     stats: list[os.stat_result | None] = []
-    try:
-        real = realpaths(spec.lowers, stats)  # (one realpath per lower costs ~60 ms for 1000 layers)
-    except OSError as e:
-        raise MountError(f"lower directory: {e.strerror}") from None
+    if spec.lower_stats is not None:
+        real, stats = list(map(os.fsencode, spec.lowers)), list(spec.lower_stats)
+    else:
+        try:
+            real = realpaths(spec.lowers, stats)  # (one realpath per lower costs ~60 ms for 1000 layers)
+        except OSError as e:
+            raise MountError(f"lower directory: {e.strerror}") from None
     for p, st in zip(spec.lowers, stats, strict=True):
         if st is None or not stat.S_ISDIR(st.st_mode):  # (resolved: lstat is stat)
             raise MountError(f"lower directory {p} is not a directory")

@@ -40,7 +40,8 @@ def test_parse_container_storage_forms(dirs, tmp_path) -> None:
     lower = f"{link}:{dirs['l2']}"
     for tail in (",,volatile", ",", ""):
         a = parse_args(["-o", f"lowerdir={lower},upperdir={dirs['up']},workdir={dirs['work']}{tail}", str(dirs["mnt"])])
-        assert a["lowers"] == [dirs["l1"].resolve(), dirs["l2"].resolve()]
+        assert a["lowers"] == [os.fsencode(dirs["l1"].resolve()), os.fsencode(dirs["l2"].resolve())]
+        assert [st.st_ino for st in a["lower_stats"]] == [dirs["l1"].stat().st_ino, dirs["l2"].stat().st_ino]
         assert a["upper"] == dirs["up"].resolve() and not a["foreground"]
     ro = parse_args(["-o", f"lowerdir={lower}", str(dirs["mnt"])])
     assert ro["upper"] is None and ro["work"] is None
@@ -55,7 +56,7 @@ def test_parse_escaped_colon_and_ignored_options(dirs, tmp_path) -> None:
         "uidmapping=0:0:65536,gidmapping=0:0:100:100:100:50,threaded=1"
     )
     a = parse_args(["-f", "-o", opts, str(dirs["mnt"])])
-    assert a["lowers"][0] == odd.resolve() and a["foreground"]
+    assert a["lowers"][0] == os.fsencode(odd.resolve()) and a["foreground"]
     # mount.fuse3 style: SOURCE MOUNTPOINT -o OPTS
     b = parse_args(["strata-overlay", str(dirs["mnt"]), "-o", f"lowerdir={dirs['l1']},allow_other"])
     assert b["mountpoint"] == dirs["mnt"] and b["allow_other"]
@@ -64,7 +65,7 @@ def test_parse_escaped_colon_and_ignored_options(dirs, tmp_path) -> None:
     c = parse_args(
         ["-o", f'lowerdir={dirs["l1"]},context="system_u:object_r:container_file_t:s0:c1,c2"', str(dirs["mnt"])]
     )
-    assert c["lowers"] == [dirs["l1"].resolve()]
+    assert c["lowers"] == [os.fsencode(dirs["l1"].resolve())]
 
 
 @pytest.mark.parametrize(
