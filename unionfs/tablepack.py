@@ -63,26 +63,32 @@ def save(table_dir: str, tables: Iterable[tuple[bytes, bytes, LayerTable]]) -> N
     if new:
         os.makedirs(table_dir, exist_ok=True)
         with _locked(table_dir):
+            if not os.path.exists(f"{table_dir}/{PACK}"):
+                _sweep(table_dir)  # tables of an earlier format: never read again
             _update(table_dir, new, lambda root: True)
 
 
 def prune(table_dir: str, keep: Callable[[bytes], bool] = os.path.isdir) -> int:
     """Drop the tables of *table_dir* whose root fails *keep* (by default: whose layer directory is
     gone), and any other file left there; returns how many were dropped."""
-    try:
-        names = os.listdir(table_dir)
-    except OSError:
+    if not os.path.isdir(table_dir):
         return 0
     with _locked(table_dir):
-        removed = 0
-        for name in names:  # earlier formats, and temp files of writers that died (we hold the lock)
-            if name not in (PACK, LOCK):
-                try:
-                    os.unlink(f"{table_dir}/{name}")
-                    removed += 1
-                except OSError:
-                    pass
-        return removed + _update(table_dir, [], keep)
+        return _sweep(table_dir) + _update(table_dir, [], keep)
+
+
+def _sweep(table_dir: str) -> int:
+    """Under the lock: remove the files of *table_dir* that are not the pack or its lock (tables
+    of earlier formats, temp files of writers that died); returns how many."""
+    removed = 0
+    for name in os.listdir(table_dir):
+        if name not in (PACK, LOCK):
+            try:
+                os.unlink(f"{table_dir}/{name}")
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def _update(table_dir: str, new: list[tuple[bytes, bytes]], keep: Callable[[bytes], bool]) -> int:

@@ -42,6 +42,7 @@ def _check(td: str, roots: list[bytes], want: list[LayerTable | None]) -> None:
 def test_round_trip_replace_and_keys(tmp_path: Path, tables: list[LayerTable]) -> None:
     td = str(tmp_path)
     a, b, c = _roots(3)
+    (tmp_path / "0123456789abcdef.layer").write_bytes(b"a table of an earlier format")
     assert tablepack.load(td, [a], [b"k"]) == [None]  # no pack yet
     tablepack.save(td, [(a, b"key:" + a, tables[0]), (b, b"key:" + b, tables[1])])
     tablepack.save(td, [(c, b"key:" + c, tables[2])])  # appended
@@ -50,6 +51,7 @@ def test_round_trip_replace_and_keys(tmp_path: Path, tables: list[LayerTable]) -
     _check(td, [a, b, c], [tables[2], tables[1], tables[2]])
     assert tablepack.load(td, [a, b"/other"], [b"stale key", b"key:/other"]) == [None, None]
     assert sorted(tablepack.roots(td)) == [a, b, c]
+    assert sorted(os.listdir(td)) == sorted([tablepack.PACK, tablepack.LOCK])  # the old table is gone
 
 
 @pytest.fixture
