@@ -115,12 +115,11 @@ def _update(table_dir: str, new: list[tuple[bytes, bytes]], keep: Callable[[byte
                 kept[root] = (size + len(blob), len(rec))
                 blob += rec
             _finish(fd, kept, blob, size)
-            return dropped
-        records = _read(fd, list(kept.values()))
+        else:
+            _rewrite(table_dir, fd, kept, new)
+        return dropped
     finally:
         os.close(fd)
-    _rewrite(table_dir, [(r, records[w[0]]) for r, w in kept.items()] + new)
-    return dropped
 
 
 def roots(table_dir: str) -> list[bytes]:
@@ -191,18 +190,25 @@ def _finish(fd: int, found: Directory, blob: bytearray, at: int) -> None:
     os.pwrite(fd, HEADER.pack(MAGIC, off, len(directory), xxhash.xxh3_64_digest(span)), 0)
 
 
-def _rewrite(table_dir: str, records: list[tuple[bytes, bytes | memoryview]]) -> None:
-    """Replace the pack with one holding *records* only (under the lock)."""
+def _rewrite(table_dir: str, src: int, kept: Directory, new: list[tuple[bytes, bytes]]) -> None:
+    """Replace the pack open at *src* with one holding its records *kept* and the records *new*
+    (under the lock).  The kept ones are copied a record at a time: a store's tables can be
+    hundreds of MB, and a rewrite should not hold them all in memory."""
     path = f"{table_dir}/{PACK}"
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         found: Directory = {}
-        blob = bytearray(HEADER.size)
-        for root, rec in records:
-            found[root] = (len(blob), len(rec))
+        at = HEADER.size
+        for root, (off, n) in kept.items():
+            rec = os.pread(src, n, off)  # (short only if the pack was cut: then it fails its checksum)
+            found[root] = (at, len(rec))
+            at += os.pwrite(fd, rec, at)
+        blob = bytearray()
+        for root, rec in new:
+            found[root] = (at + len(blob), len(rec))
             blob += rec
-        _finish(fd, found, blob, 0)
+        _finish(fd, found, blob, at)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
