@@ -259,19 +259,18 @@ class UnionOperations(pyfuse3.Operations):
         return node, st
 
     def _attr(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        if node.upper:
-            if st is None:
-                try:
-                    st = os.lstat(self.up.real(node.path))  # type: ignore[union-attr]
-                except FileNotFoundError:
-                    raise _err(errno.ENOENT) from None
-            a.st_mode, a.st_nlink, a.st_uid, a.st_gid = st.st_mode, st.st_nlink, st.st_uid, st.st_gid
-            a.st_rdev, a.st_size, a.st_blocks = st.st_rdev, st.st_size, st.st_blocks
-            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
-            a.attr_timeout = UPPER_TIMEOUT
-        else:
+        if not node.upper:
             return self._lower_attr(node.lower)
+        if st is None:
+            try:
+                st = os.lstat(self.up.real(node.path))  # type: ignore[union-attr]
+            except FileNotFoundError:
+                raise _err(errno.ENOENT) from None
+        a = pyfuse3.EntryAttributes()
+        a.st_mode, a.st_nlink, a.st_uid, a.st_gid = st.st_mode, st.st_nlink, st.st_uid, st.st_gid
+        a.st_rdev, a.st_size, a.st_blocks = st.st_rdev, st.st_size, st.st_blocks
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        a.attr_timeout = UPPER_TIMEOUT
         if node.isdir and node.lower >= 0:
             a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
         a.entry_timeout = LOWER_TIMEOUT
