@@ -6,9 +6,8 @@ layers and from their tables kept beside *cache*, and the cached index opened; t
 after dropping the page cache.  Beside them, the floors: of a first scan, GNU ``find`` (C) reading
 the same directories and ``lstat``-ing the same entries; of a cold build from kept tables, ``find``
 ``lstat``-ing the layers' roots alone (what checking each table's key costs); both counted in the
-same index entries.  A
-fresh process, because the benchmark's own (large) heap made the same build up to 2x slower than
-in the small process that really does it.
+same index entries.  A fresh process, because the benchmark's own (large) heap made the same build
+up to 2x slower than in the small process that really does it.
 """
 
 from __future__ import annotations

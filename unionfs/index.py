@@ -307,13 +307,11 @@ def layer_tables(
     jobs: int | None = None,
 ) -> list[LayerTable]:
     """The table of each layer at *roots*: loaded from *table_dir* where one was saved under its key
-    (``layer_key``), else scanned, with a forked helper if *jobs* >= 2 (default: if a CPU is idle)
-    and more than one layer is missing, and saved there."""
+    (*keys*, from :func:`layer_keys`; needed with *table_dir*), else scanned, with a forked helper
+    if *jobs* >= 2 (default: if a CPU is idle) and more than one layer is missing, and saved there."""
     tables: list[LayerTable | None] = [None] * len(roots)
     where = os.fspath(table_dir) if table_dir is not None else ""
-    if table_dir is not None:
-        if keys is None:
-            keys = [layer_key(r, deep=False) for r in roots]
+    if table_dir is not None and keys is not None:
         tables = tablepack.load(where, roots, keys)
     todo = [k for k, t in enumerate(tables) if t is None]
     if len(todo) > 1 and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
@@ -335,7 +333,6 @@ def build_index(
     key: bytes = b"",
     jobs: int | None = None,
     table_dir: Path | None = None,
-    layer_keys: Sequence[bytes] | None = None,
 ) -> Index:
     """Compile the merged view of *lowers* (topmost first) into an :class:`Index`.
 
@@ -345,7 +342,7 @@ def build_index(
     """
     stats: list[os.stat_result | None] = []
     roots = realpaths(lowers, stats)
-    return _build(roots, stats, key, jobs, table_dir, layer_keys)
+    return _build(roots, stats, key, jobs, table_dir, None)
 
 
 def _build(
@@ -354,16 +351,16 @@ def _build(
     key: bytes,
     jobs: int | None,
     table_dir: Path | None,
-    layer_keys: Sequence[bytes] | None,
+    keys: Sequence[bytes] | None,
 ) -> Index:
     if roots:
         root_meta = list(META(stats[0] or os.stat(roots[0])))
         root_meta[4] = 0
     else:
         root_meta = [stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, 0]
-    if table_dir is not None and layer_keys is None:
-        layer_keys = [layer_key(r, False, st) for r, st in zip(roots, stats, strict=True)]
-    tables = layer_tables(roots, table_dir, layer_keys, jobs)
+    if table_dir is not None and keys is None:
+        keys = layer_keys(roots, stats, deep=False)
+    tables = layer_tables(roots, table_dir, keys, jobs)
     names, meta, links, hard_rows = merge(tables, array("q", root_meta).tobytes())
     hard: dict[tuple[int, int], int] = {}
     for i, ino in hard_rows:  # ascending: the first link in breadth-first order is canonical
@@ -488,7 +485,12 @@ def cache_key(lowers: Sequence[str | os.PathLike], deep: bool = True) -> bytes:
     """Validity key of an index of *lowers* (see the module docstring)."""
     stats: list[os.stat_result | None] = []
     roots = realpaths(lowers, stats)
-    return _stack_key([layer_key(r, deep, st) for r, st in zip(roots, stats, strict=True)])
+    return _stack_key(layer_keys(roots, stats, deep))
+
+
+def layer_keys(roots: Sequence[bytes], stats: Sequence[os.stat_result | None], deep: bool) -> list[bytes]:
+    """:func:`layer_key` of each of *roots*, resolved by :func:`realpaths` with these *stats*."""
+    return [layer_key(r, deep, st) for r, st in zip(roots, stats, strict=True)]
 
 
 def _stack_key(layer_keys: Sequence[bytes]) -> bytes:
@@ -499,7 +501,9 @@ def prepare_tables(lowers: Sequence[str | os.PathLike], cache_dir: Path) -> None
     """Scan and keep the tables of those of *lowers* not yet kept for index caches in *cache_dir*
     (with shallow keys, as ``load_or_build(lowers, cache=cache_dir / name)`` uses them), so that the
     first mount of a new stack of them merges tables instead of reading the layers."""
-    layer_tables(realpaths(lowers), Path(cache_dir) / TABLE_DIR)
+    stats: list[os.stat_result | None] = []
+    roots = realpaths(lowers, stats)
+    layer_tables(roots, Path(cache_dir) / TABLE_DIR, layer_keys(roots, stats, deep=False))
 
 
 def prune_tables(cache_dir: Path) -> int:
@@ -533,7 +537,7 @@ def load_or_build(
     if cache is None:
         name = xxhash.xxh64_hexdigest(b"\0".join(roots))
         cache = Path(cache_dir) / f"strata-index-{name}.idx"
-    keys = [layer_key(r, deep, st) for r, st in zip(roots, stats, strict=True)]
+    keys = layer_keys(roots, stats, deep)
     key = _stack_key(keys)
     idx = Index.load(cache, expect_key=key)
     if idx is not None:
