@@ -286,7 +286,7 @@ def _scan_shared(roots: Sequence[bytes], todo: list[int]) -> dict[int, LayerTabl
             _, status = os.waitpid(pid, 0)
             pid = -1
             if status == 0 and data:
-                got.update((k, LayerTable.from_state(s)) for k, s in marshal.loads(data).items())
+                got.update((k, LayerTable(*s)) for k, s in marshal.loads(data).items())
     finally:
         os.close(tr)
         if rr >= 0:

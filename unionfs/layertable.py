@@ -90,13 +90,10 @@ class LayerTable:
         )
 
     def state(self) -> tuple:
-        """A marshal-able form (also what a scanning helper process sends back)."""
+        """A marshal-able form (also what a scanning helper process sends back): ``LayerTable(*state)``
+        is the table again."""
         cols = (self.meta, self.sub, self.ino, self.start, self.count, self.first_sub, self.row_of)
         return (self.names, *map(bytes, cols), self.opaque, self.whiteouts)
-
-    @classmethod
-    def from_state(cls, st: tuple) -> LayerTable:
-        return cls(*st)
 
 
 def encode(table: LayerTable, root: bytes, key: bytes) -> bytes:
@@ -118,7 +115,7 @@ def decode(record: bytes | memoryview, root: bytes, key: bytes) -> LayerTable | 
         return None
     if version != VERSION or saved_key != key:
         return None
-    return LayerTable.from_state(st)
+    return LayerTable(*st)
 
 
 def scan(root: bytes) -> LayerTable:
