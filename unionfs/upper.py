@@ -10,7 +10,6 @@ directory under a hidden ``.wh..strata-tmp-*`` name.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import stat
@@ -20,7 +19,6 @@ from .whiteout import (
     OPAQUE_NAME,
     WH_PREFIX,
     WhiteoutWriter,
-    is_private_xattr,
     is_whiteout_stat,
     probe_kernel_whiteouts,
     upper_is_opaque,
@@ -33,90 +31,6 @@ K_FILE = 4  # any non-directory
 
 TMP_PREFIX = b".wh..strata-tmp-"
 _tmpcount = itertools.count()
-
-
-def copy_xattrs(src: bytes, dst: bytes) -> None:
-    """Copy the user-visible xattrs of *src* to *dst* (symlinks not followed)."""
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError:
-        return
-    for n in names:
-        nb = n.encode()
-        if is_private_xattr(nb):
-            continue
-        try:
-            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), follow_symlinks=False)
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA):
-                raise
-
-
-def copy_data(src: bytes, dst_fd: int) -> None:
-    """Copy a regular file's bytes into *dst_fd*, keeping holes (SEEK_DATA/SEEK_HOLE)."""
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:
-                    break
-                raise
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            off = data
-            while off < hole:
-                try:
-                    n = os.copy_file_range(fd, dst_fd, hole - off, off, off)
-                except OSError:
-                    buf = os.pread(fd, min(1 << 20, hole - off), off)
-                    n = os.pwrite(dst_fd, buf, off)
-                if n == 0:
-                    break
-                off += n
-            pos = hole
-        os.ftruncate(dst_fd, size)
-    finally:
-        os.close(fd)
-
-
-def copy_node(src: bytes, dst: bytes, st: os.stat_result, data: bool = True) -> None:
-    """Create *dst* as a copy of the non-directory *src* with all metadata (not atomic).
-
-    *data* False: a regular file is created empty (for an open with O_TRUNC).
-    """
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            if data:
-                copy_data(src, fd)
-            os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, stat.S_IMODE(mode))
-        finally:
-            os.close(fd)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(src), dst)
-        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    else:
-        os.mknod(dst, mode, st.st_rdev)
-        os.chown(dst, st.st_uid, st.st_gid)
-        os.chmod(dst, stat.S_IMODE(mode))
-    copy_xattrs(src, dst)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def copy_dir_meta(src: bytes | None, dst: bytes, st: os.stat_result | None) -> None:
-    """Give the existing directory *dst* the owner, mode, xattrs and times of *src*."""
-    if st is None:
-        return
-    os.chown(dst, st.st_uid, st.st_gid)
-    os.chmod(dst, stat.S_IMODE(st.st_mode))
-    if src is not None:
-        copy_xattrs(src, dst)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 class Upper:

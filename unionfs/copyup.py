@@ -1,0 +1,204 @@
+"""Copy-up: bringing a lower entry into the upper layer before it changes, keeping its inode."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .merged import MergedTree
+from .node import Node, dirname
+from .upper import K_DIR, K_FILE, K_OPQ
+from .whiteout import is_private_xattr
+
+
+def copy_xattrs(src: bytes, dst: bytes) -> None:
+    """Copy the user-visible xattrs of *src* to *dst* (symlinks not followed)."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for n in names:
+        nb = n.encode()
+        if is_private_xattr(nb):
+            continue
+        try:
+            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA):
+                raise
+
+
+def copy_data(src: bytes, dst_fd: int) -> None:
+    """Copy a regular file's bytes into *dst_fd*, keeping holes (SEEK_DATA/SEEK_HOLE)."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            off = data
+            while off < hole:
+                try:
+                    n = os.copy_file_range(fd, dst_fd, hole - off, off, off)
+                except OSError:
+                    buf = os.pread(fd, min(1 << 20, hole - off), off)
+                    n = os.pwrite(dst_fd, buf, off)
+                if n == 0:
+                    break
+                off += n
+            pos = hole
+        os.ftruncate(dst_fd, size)
+    finally:
+        os.close(fd)
+
+
+def copy_node(src: bytes, dst: bytes, st: os.stat_result, data: bool = True) -> None:
+    """Create *dst* as a copy of the non-directory *src* with all metadata (not atomic).
+
+    *data* False: a regular file is created empty (for an open with O_TRUNC).
+    """
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            if data:
+                copy_data(src, fd)
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(mode))
+        finally:
+            os.close(fd)
+    elif stat.S_ISLNK(mode):
+        os.symlink(os.readlink(src), dst)
+        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    else:
+        os.mknod(dst, mode, st.st_rdev)
+        os.chown(dst, st.st_uid, st.st_gid)
+        os.chmod(dst, stat.S_IMODE(mode))
+    copy_xattrs(src, dst)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def copy_dir_meta(src: bytes | None, dst: bytes, st: os.stat_result | None) -> None:
+    """Give the existing directory *dst* the owner, mode, xattrs and times of *src*."""
+    if st is None:
+        return
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    if src is not None:
+        copy_xattrs(src, dst)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+class CopyUp:
+    """Copies lower entries of *tree* into its upper: files with their data, directories with their
+    metadata, whole subtrees for a directory rename."""
+
+    def __init__(self, tree: MergedTree) -> None:
+        self.tree = tree
+        self.locks: dict[int, object] = {}  # inode -> trio.Lock of a copy-up in progress
+
+    def ensure_dir_path(self, path: bytes) -> None:
+        """Make the upper hold directory *path* and its ancestors (copying the lower's metadata)."""
+        t = self.tree
+        up = t.rw()
+        if up.kind(path) in (K_DIR, K_OPQ):
+            return
+        self.ensure_dir_path(dirname(path))
+        e = t.lower_at(path)
+        real = up.real(path)
+        try:
+            os.mkdir(real, 0o700)
+        except FileExistsError:
+            pass
+        if e >= 0:
+            src = t.lo.real_path(e)
+            copy_dir_meta(src, real, os.lstat(src))
+        up.set(path, K_DIR)
+        if e >= 0:
+            ino = t.lo.ino(e)
+            t.umap[os.lstat(real).st_ino] = ino
+            n = t.nodes.get(ino)
+            if n is not None:
+                n.upper = True
+
+    def ensure_dir(self, node: Node) -> None:
+        self.ensure_dir_path(node.path)
+        node.upper = True
+
+    async def copy_up(self, node: Node, data: bool = True) -> None:
+        """Copy a lower non-directory into the upper (data in a worker thread), keeping its inode.
+
+        *data* False skips the contents (the caller truncates the file anyway).
+        """
+        if node.upper:
+            return
+        t = self.tree
+        up = t.rw()
+        import trio  # only where a request waits: a read-only server never loads trio
+
+        lock = self.locks.setdefault(node.ino, trio.Lock())
+        async with lock:  # type: ignore[attr-defined]
+            if node.upper:
+                return
+            src = t.lo.real_path(node.lower)
+            st = os.lstat(src)
+            self.ensure_dir_path(dirname(node.path))
+            tmp = up.tmp_path(up.real(node.path))
+            await trio.to_thread.run_sync(copy_node, src, tmp, st, data)
+            path = node.path
+            if up.kind(path) is not None:  # deleted or replaced while copying
+                os.unlink(tmp)
+                node.upper = True
+                return
+            self.ensure_dir_path(dirname(path))
+            dst = up.real(path)
+            os.rename(tmp, dst)
+            up.set(path, K_FILE)
+            t.umap[os.lstat(dst).st_ino] = node.ino
+            node.upper = True
+            if st.st_nlink > 1:
+                self._link_up_group(node, dst)
+        self.locks.pop(node.ino, None)
+
+    def _link_up_group(self, node: Node, dst: bytes) -> None:
+        """Hard-link the other visible lower links of a copied-up file, preserving their identity."""
+        t = self.tree
+        up = t.rw()
+        for e in t.hard_group(node.lower):
+            q = t.lo.path(e)
+            if q in node.paths[-1:] or up.kind(q) is not None or t.lower_at(q) != e:
+                continue
+            self.ensure_dir_path(dirname(q))
+            os.link(dst, up.real(q))
+            up.set(q, K_FILE)
+            node.paths.insert(0, q)
+
+    async def materialize(self, node: Node) -> None:
+        """Copy a directory's whole merged subtree into the upper and make it opaque."""
+        t = self.tree
+        up = t.rw()
+        if node.upper and node.lower < 0:
+            return
+        self.ensure_dir(node)
+        for name, e in t.listing(node):
+            child, _ = t.resolve(node, name, e if e >= 0 else None)
+            if child.isdir:
+                await self.materialize(child)
+            elif not child.upper:
+                await self.copy_up(child)
+        up.make_opaque(node.path)
+        node.lower = -1
+
+    async def to_upper(self, node: Node) -> None:
+        """Bring *node* whole into the upper (a directory with its subtree)."""
+        if node.isdir:
+            await self.materialize(node)
+        else:
+            await self.copy_up(node)

@@ -1,0 +1,284 @@
+"""The merged tree: which inode a name resolves to, its attributes and its listing.
+
+:class:`MergedTree` holds the only state the handlers share: the nodes the kernel references and
+the map from upper st_ino to inode.  A lower entry's inode is its index inode (stable across
+mounts); a copied-up entry keeps the inode it had; new upper entries get inodes from
+``NEW_INO_BASE`` upwards.  Persistent state lives on disk and in ``Upper.kinds``; the nodes are
+only a cache of what the kernel references.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Any
+
+import pyfuse3
+
+from .node import Node, dirname, join
+from .upper import K_DIR, K_FILE, K_OPQ, K_WH, Upper
+from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat
+
+NEW_INO_BASE = 1 << 32
+LOWER_TIMEOUT = 60.0
+UPPER_TIMEOUT = 1.0
+LOWER_ATTR_CACHE = 200_000  # entries; about 40 MB at most
+
+
+def fuse_error(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+class MergedTree:
+    """A lower view (an :class:`~unionfs.index.Index` or a ``ProbeLower``) under an optional upper."""
+
+    def __init__(self, lower: Any, upper: Upper | None) -> None:
+        self.lo = lower
+        self.up = upper
+        root_kind = upper.kind(b"/") if upper else None
+        root = Node(pyfuse3.ROOT_INODE, b"/", -1 if root_kind == K_OPQ else 0, upper is not None, True)
+        root.nlookup = 1
+        self.nodes: dict[int, Node] = {root.ino: root}
+        self.umap: dict[int, int] = {}
+        if upper is not None:
+            self.umap[os.lstat(upper.root).st_ino] = root.ino
+        self.next_ino = max(NEW_INO_BASE, self.lo.count + 2)
+        self._groups: dict[int, list[int]] | None = None
+        self._lattr: dict[int, pyfuse3.EntryAttributes] = {}
+
+    def node(self, ino: int) -> Node:
+        n = self.nodes.get(ino)
+        if n is None:
+            raise fuse_error(errno.ENOENT)
+        return n
+
+    def rw(self) -> Upper:
+        if self.up is None:
+            raise fuse_error(errno.EROFS)
+        return self.up
+
+    def new_ino(self) -> int:
+        self.next_ino += 1
+        return self.next_ino
+
+    def ref(self, node: Node) -> Node:
+        """Count one more kernel reference to *node* (merging it into the cached node of its inode)."""
+        cur = self.nodes.setdefault(node.ino, node)
+        if cur is not node:
+            for p in node.paths:
+                cur.add_path(p)
+            cur.upper, cur.lower = node.upper, node.lower
+        cur.nlookup += 1
+        return cur
+
+    def lower_child(self, parent: Node, name: bytes) -> int:
+        return self.lo.lookup(parent.lower, name) if parent.lower >= 0 else -1
+
+    def lower_at(self, path: bytes) -> int:
+        """Lower entry that the upper would expose at *path* (ancestors' upper state respected)."""
+        if path == b"/":
+            return 0
+        e = 0 if not self.up or self.up.kind(b"/") != K_OPQ else -1
+        comps = path[1:].split(b"/")
+        cur = b""
+        for i, c in enumerate(comps):
+            if e < 0:
+                return -1
+            cur += b"/" + c
+            e = self.lo.lookup(e, c)
+            if i < len(comps) - 1 and self.up is not None:
+                k = self.up.kind(cur)
+                if k in (K_WH, K_FILE, K_OPQ):
+                    return -1
+                if e >= 0 and not self.lo.is_dir(e):
+                    return -1
+        return e
+
+    def resolve(self, parent: Node, name: bytes, lo: int | None = None) -> tuple[Node, os.stat_result | None]:
+        """The node at *name* in directory *parent* (not yet referenced) or ENOENT."""
+        if name.startswith(WH_PREFIX):
+            raise fuse_error(errno.ENOENT)
+        path = join(parent.path, name)
+        k = self.up.kind(path) if self.up is not None else None
+        if k == K_WH:
+            raise fuse_error(errno.ENOENT)
+        if lo is None:
+            lo = self.lower_child(parent, name)
+        if k is None:
+            if lo < 0:
+                raise fuse_error(errno.ENOENT)
+            ino = self.lo.ino(lo)
+            node = self.nodes.get(ino)
+            if node is None:
+                return Node(ino, path, lo, False, self.lo.is_dir(lo)), None
+            node.add_path(path)
+            return node, None
+        try:
+            st = os.lstat(self.up.real(path))
+        except FileNotFoundError:
+            raise fuse_error(errno.ENOENT) from None
+        isdir = stat.S_ISDIR(st.st_mode)
+        ino = self.umap.get(st.st_ino)
+        if ino is None:
+            if (
+                lo >= 0
+                and self.lo.is_dir(lo) == isdir
+                and (isdir or self.lo.stat(lo)[1] == 1)
+                and self.lo.ino(lo) not in self.nodes
+            ):
+                ino = self.lo.ino(lo)
+            else:
+                ino = self.new_ino()
+            self.umap[st.st_ino] = ino
+        lower = lo if (isdir and k == K_DIR and lo >= 0 and self.lo.is_dir(lo)) else (-1 if isdir else lo)
+        node = self.nodes.get(ino)
+        if node is None:
+            return Node(ino, path, lower, True, isdir), st
+        node.add_path(path)
+        node.upper = True
+        node.lower = lower
+        return node, st
+
+    def attr(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        if not node.upper:
+            return self.lower_attr(node.lower)
+        if st is None:
+            try:
+                st = os.lstat(self.up.real(node.path))  # type: ignore[union-attr]
+            except FileNotFoundError:
+                raise fuse_error(errno.ENOENT) from None
+        a = pyfuse3.EntryAttributes()
+        a.st_mode, a.st_nlink, a.st_uid, a.st_gid = st.st_mode, st.st_nlink, st.st_uid, st.st_gid
+        a.st_rdev, a.st_size, a.st_blocks = st.st_rdev, st.st_size, st.st_blocks
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        a.attr_timeout = UPPER_TIMEOUT
+        if node.isdir and node.lower >= 0:
+            a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
+        a.entry_timeout = LOWER_TIMEOUT
+        a.st_ino = node.ino
+        a.st_blksize = 4096
+        return a
+
+    def lower_attr(self, e: int) -> pyfuse3.EntryAttributes:
+        """Attributes of lower entry *e*, built once: lower entries never change (callers must not mutate)."""
+        a = self._lattr.get(e)
+        if a is not None:
+            return a
+        if len(self._lattr) >= LOWER_ATTR_CACHE:
+            self._lattr.clear()
+        a = pyfuse3.EntryAttributes()
+        (
+            a.st_mode,
+            a.st_nlink,
+            a.st_uid,
+            a.st_gid,
+            a.st_rdev,
+            a.st_size,
+            a.st_atime_ns,
+            a.st_mtime_ns,
+            a.st_ctime_ns,
+            a.st_blocks,
+        ) = self.lo.stat(e)
+        if stat.S_ISDIR(a.st_mode):
+            a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
+        a.attr_timeout = a.entry_timeout = LOWER_TIMEOUT
+        a.st_ino = self.lo.ino(e)
+        a.st_blksize = 4096
+        self._lattr[e] = a
+        return a
+
+    def parent_attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        """Attributes of the directory containing *node* (for the '..' entry; no lookup count)."""
+        cur = self.nodes[pyfuse3.ROOT_INODE]
+        parent = dirname(node.path)
+        if parent != b"/" and node.path != b"/":
+            try:
+                for comp in parent[1:].split(b"/"):
+                    cur = self.resolve(cur, comp)[0]
+            except pyfuse3.FUSEError:
+                cur = node
+        return self.attr(cur)
+
+    def real(self, node: Node) -> bytes:
+        if node.upper:
+            return self.up.real(node.path)  # type: ignore[union-attr]
+        return self.lo.real_path(node.lower)
+
+    def listing(self, node: Node) -> list[tuple[bytes, int]]:
+        """Merged children of *node*: (name, lower entry or -1 when served by the upper), sorted."""
+        lo, up = self.lo, self.up
+        if up is None or not node.upper:  # lower children come sorted by name
+            return [(lo.name(e), e) for e in lo.children(node.lower)] if node.lower >= 0 else []
+        names: dict[bytes, int] = {}
+        hidden: set[bytes] = set()
+        with os.scandir(up.real(node.path)) as it:
+            for de in it:
+                n = de.name
+                if n.startswith(WH_PREFIX):
+                    if n != OPAQUE_NAME:
+                        hidden.add(n[4:])
+                    continue
+                if not (
+                    de.is_dir(follow_symlinks=False) or de.is_file(follow_symlinks=False) or de.is_symlink()
+                ) and is_whiteout_stat(de.stat(follow_symlinks=False)):
+                    hidden.add(n)
+                    continue
+                names[n] = -1
+        if node.lower >= 0:
+            for e in lo.children(node.lower):
+                n = lo.name(e)
+                if n not in names and n not in hidden:
+                    names[n] = e
+        return sorted(names.items())
+
+    def hard_group(self, entry: int) -> list[int]:
+        """The lower entries that are hard links of lower entry *entry*."""
+        if self._groups is None:
+            groups: dict[int, list[int]] = {}
+            lo = self.lo
+            meta = getattr(lo, "meta", None)
+            if meta is not None:  # Index: scan the nlink column with array slicing
+                w = len(meta) // lo.count
+                candidates = [i for i, n in enumerate(meta[1::w]) if n > 1]
+            else:
+                candidates = range(lo.count)
+            for i in candidates:
+                s = lo.stat(i)
+                if s[1] > 1 and not stat.S_ISDIR(s[0]):
+                    groups.setdefault(lo.ino(i), []).append(i)
+            self._groups = groups
+        return self._groups.get(self.lo.ino(entry), [])
+
+    def move_paths(self, src: bytes, dst: bytes) -> None:
+        """Rename *src* (and everything below it) to *dst* in the cached nodes."""
+        pre = src + b"/"
+        for n in self.nodes.values():
+            changed = False
+            for i, p in enumerate(n.paths):
+                if p == src:
+                    n.paths[i] = dst
+                    changed = True
+                elif p.startswith(pre):
+                    n.paths[i] = dst + p[len(src) :]
+                    changed = True
+                    n.upper = True
+                    if n.isdir:
+                        n.lower = -1
+            if changed:
+                n.add_path(n.paths[-1])
+
+    def forget_upper(self, st: os.stat_result, ino: int) -> None:
+        """The upper file *st* of inode *ino* lost a link: forget its inode with its last link."""
+        if st.st_nlink <= 1 and self.umap.get(st.st_ino) == ino:
+            del self.umap[st.st_ino]
+
+    def register_new(self, path: bytes, st: os.stat_result, kind: int) -> Node:
+        """A node (referenced) for the entry just created in the upper at *path*."""
+        ino = self.new_ino()
+        self.umap[st.st_ino] = ino
+        self.up.set(path, kind)  # type: ignore[union-attr]
+        return self.ref(Node(ino, path, -1, True, kind != K_FILE))
+
+
+__all__ = ["K_DIR", "MergedTree", "NEW_INO_BASE", "LOWER_TIMEOUT", "fuse_error"]
