@@ -44,6 +44,7 @@ import xxhash
 
 from . import layertable, tablepack
 from .layertable import META, META_BYTES, META_W, LayerTable, layer_key
+from .longpath import fit
 
 MAGIC = b"STRIDX03"
 HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
@@ -127,7 +128,7 @@ class Index:
         """Path of the file serving entry *i* inside its layer."""
         p = self.path(i)
         root = self.lowers[self.layer(i)]
-        return root if p == b"/" else root + p
+        return root if p == b"/" else fit(root + p)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: Path) -> None:

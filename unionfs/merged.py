@@ -141,8 +141,23 @@ class MergedTree:
         return node, st
 
     def attr(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        if not node.paths:
+            return self._unlinked_attr(node)
         if not node.upper:
             return self.lower_attr(node.lower)
+        return self._upper_attr(node, st)
+
+    def _unlinked_attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        """An inode unlinked while open: what its descriptor says, as a local filesystem answers."""
+        if not node.fds:
+            raise fuse_error(errno.ENOENT)
+        if node.upper:
+            return self._upper_attr(node, os.fstat(node.fds[0]))
+        a = self._new_lower_attr(node.lower)
+        a.st_nlink = 0
+        return a
+
+    def _upper_attr(self, node: Node, st: os.stat_result | None) -> pyfuse3.EntryAttributes:
         if st is None:
             try:
                 st = os.lstat(self.up.real(node.path))  # type: ignore[union-attr]
@@ -167,6 +182,10 @@ class MergedTree:
             return a
         if len(self._lattr) >= LOWER_ATTR_CACHE:
             self._lattr.clear()
+        a = self._lattr[e] = self._new_lower_attr(e)
+        return a
+
+    def _new_lower_attr(self, e: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         (
             a.st_mode,
@@ -185,7 +204,6 @@ class MergedTree:
         a.attr_timeout = a.entry_timeout = LOWER_TIMEOUT
         a.st_ino = self.lo.ino(e)
         a.st_blksize = 4096
-        self._lattr[e] = a
         return a
 
     def parent_attr(self, node: Node) -> pyfuse3.EntryAttributes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 def join(parent: bytes, name: bytes) -> bytes:
     return b"/" + name if parent == b"/" else parent + b"/" + name
@@ -12,9 +14,10 @@ def dirname(path: bytes) -> bytes:
 
 
 class Node:
-    """One inode: the merged paths that reach it (newest last) and where it is served from."""
+    """One inode: the merged paths that reach it (newest last; none once it is unlinked), where it
+    is served from, and the descriptors the server holds open for it."""
 
-    __slots__ = ("ino", "paths", "lower", "upper", "isdir", "nlookup")
+    __slots__ = ("ino", "paths", "lower", "upper", "isdir", "nlookup", "fds")
 
     def __init__(self, ino: int, path: bytes, lower: int, upper: bool, isdir: bool) -> None:
         self.ino = ino
@@ -23,9 +26,12 @@ class Node:
         self.upper = upper
         self.isdir = isdir
         self.nlookup = 0
+        self.fds: list[int] = []
 
     @property
     def path(self) -> bytes:
+        if not self.paths:  # unlinked: only its open descriptors reach it
+            raise FileNotFoundError(errno.ENOENT, "unlinked")
         return self.paths[-1]
 
     def add_path(self, p: bytes) -> None:
@@ -34,5 +40,6 @@ class Node:
         self.paths.append(p)
 
     def remove_path(self, p: bytes) -> None:
-        if p in self.paths and len(self.paths) > 1:
+        """*p* no longer reaches this inode (its last path gone: the inode lives on while open)."""
+        if p in self.paths:
             self.paths.remove(p)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pyfuse3
 
+from . import longpath
 from .copyup import CopyUp
 from .libc import RENAME_EXCHANGE, RENAME_NOREPLACE, fallocate, renameat2
 from .merged import LOWER_TIMEOUT, MergedTree, fuse_error
@@ -29,6 +30,7 @@ from .whiteout import WH_PREFIX, is_private_xattr
 # builds with scripts/pyfuse3.patch; with a stock pyfuse3 all of it goes the long way (or fails).
 PATCHED_PYFUSE3 = getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) >= 2
 LOWER_FDS = 256  # lower files kept open for reads on a read-only mount
+NAME_MAX = 255  # as ext4, xfs, btrfs and tmpfs: a longer name is ENAMETOOLONG
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,11 @@ def _fuse_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _nofollow(at: bytes | int) -> dict[str, bool]:
+    """The keyword that keeps a path call on a symlink itself (descriptors take none)."""
+    return {"follow_symlinks": False} if isinstance(at, bytes) else {}
+
+
 class UnionOperations(pyfuse3.Operations):
     """The merged view of a lower view and an optional upper layer."""
 
@@ -71,6 +78,7 @@ class UnionOperations(pyfuse3.Operations):
         # and listings arrive with the inode number as handle.
         self.no_open = upper is None and PATCHED_PYFUSE3
         self.fds: dict[int, int] = {}  # no_open: inode -> fd of the lower file serving it
+        self.handles: dict[int, Node] = {}  # open file handle (a descriptor) -> its node
 
     @property
     def nodes(self) -> dict[int, Node]:
@@ -78,8 +86,24 @@ class UnionOperations(pyfuse3.Operations):
 
     @staticmethod
     def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise fuse_error(errno.ENAMETOOLONG)
         if name.startswith(WH_PREFIX):
             raise fuse_error(errno.EINVAL)
+
+    def _where(self, node: Node) -> bytes | int:
+        """Where system calls reach *node*: its path in its layer or, once unlinked, a descriptor."""
+        if node.paths:
+            return self.t.real(node)
+        if node.fds:
+            return node.fds[0]
+        raise fuse_error(errno.ENOENT)
+
+    def _hold(self, node: Node, fd: int) -> int:
+        """Record *fd* as an open handle of *node* (it keeps an unlinked node reachable)."""
+        node.fds.append(fd)
+        self.handles[fd] = node
+        return fd
 
     def _owner(self, parent: Node, ctx: pyfuse3.RequestContext, mode: int) -> tuple[int, int, int]:
         """uid, gid and mode for a new entry (setgid directories pass their group on)."""
@@ -111,6 +135,8 @@ class UnionOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------------------ lookups
     @_fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if len(name) > NAME_MAX:
+            raise fuse_error(errno.ENAMETOOLONG)
         try:
             node, st = self.t.resolve(self.t.node(parent_inode), name)
         except pyfuse3.FUSEError as e:
@@ -227,7 +253,7 @@ class UnionOperations(pyfuse3.Operations):
             await self.cu.copy_up(node, data=not flags & os.O_TRUNC)
         fl = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND)
         fd = os.open(self.t.real(node), fl | os.O_NOFOLLOW) if node.upper else self._open_lower(node, fl)
-        return pyfuse3.FileInfo(fh=fd, keep_cache=not node.upper)
+        return pyfuse3.FileInfo(fh=self._hold(node, fd), keep_cache=not node.upper)
 
     def _open_lower(self, node: Node, flags: int) -> int:
         try:  # reading must not touch the (shared, immutable) lower file's atime
@@ -257,6 +283,9 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def release(self, fh: int) -> None:
         if not self.no_open:  # (never sent for files the kernel opened without us)
+            node = self.handles.pop(fh, None)
+            if node is not None:
+                node.fds.remove(fh)
             os.close(fh)
 
     @_fuse_errors
@@ -288,7 +317,7 @@ class UnionOperations(pyfuse3.Operations):
         os.fchmod(fd, stat.S_IMODE(mode))
         st = os.fstat(fd)
         node = self.t.register_new(path, st, K_FILE)
-        return pyfuse3.FileInfo(fh=fd), self.t.attr(node, st)
+        return pyfuse3.FileInfo(fh=self._hold(node, fd)), self.t.attr(node, st)
 
     @_fuse_errors
     async def mknod(
@@ -361,32 +390,28 @@ class UnionOperations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        up = self.t.rw()
+        self.t.rw()
         node = self.t.node(inode)
         if node.isdir:
             self.cu.ensure_dir(node)
-        else:
+        elif node.paths:
             await self.cu.copy_up(node)
-        real = up.real(node.path)
+        elif not node.upper:  # unlinked before it was copied up: nothing left to change
+            raise fuse_error(errno.ENOENT)
+        at = self._where(node)
+        nf = _nofollow(at)
         if fields.update_size:
-            if fh is not None:
-                os.ftruncate(fh, attr.st_size)
-            else:
-                os.truncate(real, attr.st_size)
+            os.truncate(fh if fh is not None else at, attr.st_size)
         if fields.update_uid or fields.update_gid:
-            os.chown(
-                real,
-                attr.st_uid if fields.update_uid else -1,
-                attr.st_gid if fields.update_gid else -1,
-                follow_symlinks=False,
-            )
-        if fields.update_mode and not stat.S_ISLNK(os.lstat(real).st_mode):
-            os.chmod(real, stat.S_IMODE(attr.st_mode))
+            uid = attr.st_uid if fields.update_uid else -1
+            os.chown(at, uid, attr.st_gid if fields.update_gid else -1, **nf)
+        if fields.update_mode and not stat.S_ISLNK(os.stat(at, **nf).st_mode):
+            os.chmod(at, stat.S_IMODE(attr.st_mode))
         if fields.update_atime or fields.update_mtime:
-            st = os.lstat(real)
-            at = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
-            mt = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-            os.utime(real, ns=(at, mt), follow_symlinks=False)
+            st = os.stat(at, **nf)
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(at, ns=(atime, mtime), **nf)
         return self.t.attr(node)
 
     # ------------------------------------------------------------------------------ removal
@@ -433,6 +458,7 @@ class UnionOperations(pyfuse3.Operations):
                 os.unlink(os.path.join(real, n))
             st = os.lstat(real)
             os.rmdir(real)
+            longpath.forget()
             up.drop_tree(path)
             self.t.umap.pop(st.st_ino, None)
         if below:
@@ -494,6 +520,7 @@ class UnionOperations(pyfuse3.Operations):
         else:
             up.clear_whiteout(dpath)
         os.rename(up.real(spath), up.real(dpath))
+        longpath.forget()
         if src.isdir:
             up.move_tree(spath, dpath)
             if d_below and up.kind(dpath) != K_OPQ:
@@ -522,6 +549,7 @@ class UnionOperations(pyfuse3.Operations):
         s_below = self.t.lower_child(po, name_old) >= 0
         d_below = self.t.lower_child(pn, name_new) >= 0
         renameat2(up.real(spath), up.real(dpath), RENAME_EXCHANGE)
+        longpath.forget()
         tmp = b"\0exchange"
         up.move_tree(spath, tmp)
         up.move_tree(dpath, spath)
@@ -542,35 +570,40 @@ class UnionOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if is_private_xattr(name):
             raise fuse_error(errno.ENODATA)
-        return os.getxattr(self.t.real(self.t.node(inode)), name, follow_symlinks=False)
+        at = self._where(self.t.node(inode))
+        return os.getxattr(at, name, **_nofollow(at))
 
     @_fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        names = os.listxattr(self.t.real(self.t.node(inode)), follow_symlinks=False)
+        at = self._where(self.t.node(inode))
+        names = os.listxattr(at, **_nofollow(at))
         return [n.encode() for n in names if not is_private_xattr(n.encode())]
 
-    async def _xattr_prepare(self, inode: int) -> bytes:
-        up = self.t.rw()
+    async def _xattr_prepare(self, inode: int) -> bytes | int:
+        self.t.rw()
         node = self.t.node(inode)
         if node.isdir:
             self.cu.ensure_dir(node)
-        else:
+        elif node.paths:
             await self.cu.copy_up(node)
-        return up.real(node.path)
+        elif not node.upper:
+            raise fuse_error(errno.ENOENT)
+        return self._where(node)
 
     @_fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.t.rw()
         if is_private_xattr(name):
             raise fuse_error(errno.EPERM)
-        real = await self._xattr_prepare(inode)
-        os.setxattr(real, name, value, follow_symlinks=False)
+        at = await self._xattr_prepare(inode)
+        os.setxattr(at, name, value, **_nofollow(at))
 
     @_fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.t.rw()
         if is_private_xattr(name):
             raise fuse_error(errno.ENODATA)
-        os.getxattr(self.t.real(self.t.node(inode)), name, follow_symlinks=False)
-        real = await self._xattr_prepare(inode)
-        os.removexattr(real, name, follow_symlinks=False)
+        at = self._where(self.t.node(inode))
+        os.getxattr(at, name, **_nofollow(at))
+        at = await self._xattr_prepare(inode)
+        os.removexattr(at, name, **_nofollow(at))

@@ -12,6 +12,7 @@ import stat
 from collections.abc import Sequence
 
 from .index import Stat, _fs
+from .longpath import fit
 from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr, is_whiteout_stat
 
 
@@ -48,7 +49,7 @@ class ProbeLower:
         out = []
         for layer, d in cands:
             out.append((layer, d))
-            if os.path.lexists(os.path.join(d, OPAQUE_NAME)) or has_opaque_xattr(d):
+            if os.path.lexists(fit(os.path.join(d, OPAQUE_NAME))) or has_opaque_xattr(fit(d)):
                 break
         return out
 
@@ -66,7 +67,7 @@ class ProbeLower:
         found: list | None = None
         sub: list[tuple[int, bytes]] = []
         for layer, d in self._e[parent][4]:
-            p = os.path.join(d, name)
+            p = fit(os.path.join(d, name))
             try:
                 st = os.lstat(p)
             except OSError:
@@ -85,7 +86,7 @@ class ProbeLower:
                     sub.append((layer, p))
                 else:
                     break
-            if os.path.lexists(os.path.join(d, WH_PREFIX + name)):
+            if os.path.lexists(fit(os.path.join(d, WH_PREFIX + name))):
                 break
         if found is None:
             return -1
@@ -106,7 +107,7 @@ class ProbeLower:
         for _layer, d in self._e[i][4] or ():
             wh = []
             try:
-                with os.scandir(d) as it:
+                with os.scandir(fit(d)) as it:
                     for de in it:
                         n = de.name
                         if n.startswith(WH_PREFIX):
@@ -153,4 +154,4 @@ class ProbeLower:
     def real_path(self, i: int) -> bytes:
         p = self.path(i)
         root = self.lowers[self.layer(i)]
-        return root if p == b"/" else root + p
+        return root if p == b"/" else fit(root + p)

@@ -15,6 +15,7 @@ import os
 import stat
 from collections.abc import Iterator
 
+from .longpath import fit
 from .whiteout import (
     OPAQUE_NAME,
     WH_PREFIX,
@@ -55,7 +56,7 @@ class Upper:
     # -- paths ---------------------------------------------------------------------------------
     def real(self, path: bytes) -> bytes:
         """On-disk location of merged *path* (b'/...') in the upper."""
-        return self.root if path == b"/" else self.root + path
+        return self.root if path == b"/" else fit(self.root + path)
 
     def tmp_path(self, final: bytes) -> bytes:
         n = next(_tmpcount)
