@@ -1,8 +1,8 @@
 """strata's image store, usable as a library: `from store import Store`.
 
-    s = Store("/var/lib/strata")
-    image = s.resolve("alpine")
-    s.layer_dirs(image)   # the read-only layer directories, topmost first
+s = Store("/var/lib/strata")
+image = s.resolve("alpine")
+s.layer_dirs(image)   # the read-only layer directories, topmost first
 """
 
 from .errors import Ambiguous, Conflict, DigestMismatch, InvalidInput, NotFound, StoreError
