@@ -19,7 +19,6 @@ PROG = "strata-overlay"
 
 # accepted and ignored (fuse-overlayfs tuning knobs, kernel-overlay options, mount flags)
 IGNORED_FLAGS = {
-    "volatile",
     "noacl",
     "default_permissions",
     "static_nlink",
@@ -167,6 +166,7 @@ def parse_args(argv: list[str]) -> dict:
         "mountpoint": Path(positional[0]),
         "foreground": foreground,
         "debug": debug,
+        "volatile": False,
         "lowers": None,
         "upper": None,
         "work": None,
@@ -201,6 +201,8 @@ def parse_args(argv: list[str]) -> dict:
                 res["index_cache"] = Path(value)
             elif key == "debug":
                 res["debug"] = True
+            elif key == "volatile" and not eq:
+                res["volatile"] = True
             elif (key in IGNORED_FLAGS and not eq) or (key in IGNORED_KEYS and eq):
                 continue
             else:
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             dev=a["dev"],
             suid=a["suid"],
             debug=a["debug"],
+            volatile=a["volatile"],
         )
         mount(spec, a["mountpoint"], foreground=a["foreground"])
     except (UsageError, MountError) as e:

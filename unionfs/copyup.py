@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 
+from .libc import RENAME_NOREPLACE, renameat2
 from .merged import MergedTree
 from .node import Node, dirname
 from .upper import K_DIR, K_FILE, K_OPQ
 from .whiteout import is_private_xattr
 
 
-def copy_xattrs(src: bytes, dst: bytes) -> None:
-    """Copy the user-visible xattrs of *src* to *dst* (symlinks not followed)."""
+def copy_xattrs(src: bytes, dst: bytes | int) -> None:
+    """Copy the user-visible xattrs of *src* to *dst* (a path or a descriptor; symlinks not followed)."""
     try:
         names = os.listxattr(src, follow_symlinks=False)
     except OSError:
         return
+    nofollow = {} if isinstance(dst, int) else {"follow_symlinks": False}
     for n in names:
-        nb = n.encode()
-        if is_private_xattr(nb):
+        if is_private_xattr(n.encode()):
             continue
         try:
-            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), follow_symlinks=False)
+            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), **nofollow)
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA):
                 raise
@@ -59,10 +62,13 @@ def copy_data(src: bytes, dst_fd: int) -> None:
         os.close(fd)
 
 
-def copy_node(src: bytes, dst: bytes, st: os.stat_result, data: bool = True) -> None:
-    """Create *dst* as a copy of the non-directory *src* with all metadata (not atomic).
+def copy_node(src: bytes, dst: bytes, st: os.stat_result, data: bool = True, durable: bool = True) -> None:
+    """Create *dst* as a copy of the non-directory *src* with all metadata (not atomic: *dst* is
+    a temporary name that the caller renames into place).
 
-    *data* False: a regular file is created empty (for an open with O_TRUNC).
+    *data* False: a regular file is created empty (for an open with O_TRUNC).  *durable*: a regular
+    file is on disk, data and metadata, before this returns (a crash after the rename must not
+    leave a truncated file hiding the good lower copy).
     """
     mode = st.st_mode
     if stat.S_ISREG(mode):
@@ -72,9 +78,14 @@ def copy_node(src: bytes, dst: bytes, st: os.stat_result, data: bool = True) -> 
                 copy_data(src, fd)
             os.fchown(fd, st.st_uid, st.st_gid)
             os.fchmod(fd, stat.S_IMODE(mode))
+            copy_xattrs(src, fd)
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
-    elif stat.S_ISLNK(mode):
+        return
+    if stat.S_ISLNK(mode):
         os.symlink(os.readlink(src), dst)
         os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
     else:
@@ -105,7 +116,9 @@ class CopyUp:
         self.locks: dict[int, object] = {}  # inode -> trio.Lock of a copy-up in progress
 
     def ensure_dir_path(self, path: bytes) -> None:
-        """Make the upper hold directory *path* and its ancestors (copying the lower's metadata)."""
+        """Make the upper hold directory *path* and its ancestors, each copied up atomically: made
+        under a temporary name with the lower's owner, mode, xattrs, times and inode, then renamed
+        into place (a crash leaves the old state or the whole directory, never a wrong one)."""
         t = self.tree
         up = t.rw()
         if up.kind(path) in (K_DIR, K_OPQ):
@@ -113,13 +126,21 @@ class CopyUp:
         self.ensure_dir_path(dirname(path))
         e = t.lower_at(path)
         real = up.real(path)
+        tmp = up.tmp_path(real)
+        os.mkdir(tmp, 0o700)
         try:
-            os.mkdir(real, 0o700)
-        except FileExistsError:
-            pass
-        if e >= 0:
-            src = t.lo.real_path(e)
-            copy_dir_meta(src, real, os.lstat(src))
+            if e >= 0:
+                src = t.lo.real_path(e)
+                copy_dir_meta(src, tmp, os.lstat(src))
+                up.set_origin(tmp, t.lo.ino(e))
+            with self._parent_times(path):
+                try:
+                    renameat2(tmp, real, RENAME_NOREPLACE)
+                except FileExistsError:  # (an empty directory the upper's map did not know)
+                    os.rmdir(tmp)
+        except BaseException:
+            _remove(tmp)
+            raise
         up.set(path, K_DIR)
         if e >= 0:
             ino = t.lo.ino(e)
@@ -132,10 +153,21 @@ class CopyUp:
         self.ensure_dir_path(node.path)
         node.upper = True
 
+    @contextlib.contextmanager
+    def _parent_times(self, path: bytes) -> Iterator[None]:
+        """Keep the times of *path*'s upper parent across a copy-up into it (as overlayfs does: a
+        copy-up changes no directory the user sees)."""
+        parent = self.tree.up.real(dirname(path))  # type: ignore[union-attr]
+        st = os.lstat(parent)
+        yield
+        os.utime(parent, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
     async def copy_up(self, node: Node, data: bool = True) -> None:
         """Copy a lower non-directory into the upper (data in a worker thread), keeping its inode.
 
-        *data* False skips the contents (the caller truncates the file anyway).
+        Atomic (a temporary file renamed into place) and, unless the upper is volatile, durable;
+        on any error (ENOSPC) nothing is left behind.  *data* False skips the contents (the caller
+        truncates the file anyway).  ENOENT if the node was unlinked while its data was copied.
         """
         if node.upper:
             return
@@ -144,28 +176,36 @@ class CopyUp:
         import trio  # only where a request waits: a read-only server never loads trio
 
         lock = self.locks.setdefault(node.ino, trio.Lock())
-        async with lock:  # type: ignore[attr-defined]
-            if node.upper:
-                return
-            src = t.lo.real_path(node.lower)
-            st = os.lstat(src)
-            self.ensure_dir_path(dirname(node.path))
-            tmp = up.tmp_path(up.real(node.path))
-            await trio.to_thread.run_sync(copy_node, src, tmp, st, data)
-            path = node.path
-            if up.kind(path) is not None:  # deleted or replaced while copying
-                os.unlink(tmp)
+        try:
+            async with lock:  # type: ignore[attr-defined]
+                if node.upper:
+                    return
+                src = t.lo.real_path(node.lower)
+                st = os.lstat(src)
+                self.ensure_dir_path(dirname(node.path))
+                tmp = up.tmp_path(up.real(node.path))
+                try:
+                    await trio.to_thread.run_sync(copy_node, src, tmp, st, data, up.durable)
+                    up.set_origin(tmp, node.ino)
+                    # the one await is over: decide only now, on the state as it is
+                    if not node.paths or up.kind(node.path) is not None:  # unlinked or replaced meanwhile
+                        raise FileNotFoundError(errno.ENOENT, "unlinked during copy-up")
+                    path = node.path
+                    self.ensure_dir_path(dirname(path))
+                    dst = up.real(path)
+                    with self._parent_times(path):
+                        os.rename(tmp, dst)
+                except BaseException:
+                    _remove(tmp)
+                    raise
+                up.set(path, K_FILE)
+                t.umap[os.lstat(dst).st_ino] = node.ino
                 node.upper = True
-                return
-            self.ensure_dir_path(dirname(path))
-            dst = up.real(path)
-            os.rename(tmp, dst)
-            up.set(path, K_FILE)
-            t.umap[os.lstat(dst).st_ino] = node.ino
-            node.upper = True
-            if st.st_nlink > 1:
-                self._link_up_group(node, dst)
-        self.locks.pop(node.ino, None)
+                if st.st_nlink > 1:
+                    self._link_up_group(node, dst)
+        finally:
+            if not lock.locked():  # type: ignore[attr-defined]
+                self.locks.pop(node.ino, None)
 
     def _link_up_group(self, node: Node, dst: bytes) -> None:
         """Hard-link the other visible lower links of a copied-up file, preserving their identity."""
@@ -202,3 +242,14 @@ class CopyUp:
             await self.materialize(node)
         else:
             await self.copy_up(node)
+
+
+def _remove(tmp: bytes) -> None:
+    """Remove a copy-up's temporary file or directory, if it is there."""
+    try:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            os.rmdir(tmp)
+        else:
+            os.unlink(tmp)
+    except FileNotFoundError:
+        pass

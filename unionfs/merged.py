@@ -1,10 +1,11 @@
 """The merged tree: which inode a name resolves to, its attributes and its listing.
 
 :class:`MergedTree` holds the only state the handlers share: the nodes the kernel references and
-the map from upper st_ino to inode.  A lower entry's inode is its index inode (stable across
-mounts); a copied-up entry keeps the inode it had; new upper entries get inodes from
-``NEW_INO_BASE`` upwards.  Persistent state lives on disk and in ``Upper.kinds``; the nodes are
-only a cache of what the kernel references.
+the map from upper st_ino to inode.  Inodes are stable across copy-up, rename and remount, with
+nothing scanned at mount: a lower entry's inode is its index inode; a copied-up entry keeps it,
+recorded on the upper entry (``Upper.set_origin``); an entry born in the upper has
+``NEW_INO_BASE + its upper st_ino`` (its hard links share it).  Persistent state lives on disk and
+in ``Upper.kinds``; the nodes are only a cache of what the kernel references.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class MergedTree:
         self.umap: dict[int, int] = {}
         if upper is not None:
             self.umap[os.lstat(upper.root).st_ino] = root.ino
-        self.next_ino = max(NEW_INO_BASE, self.lo.count + 2)
         self._groups: dict[int, list[int]] | None = None
         self._lattr: dict[int, pyfuse3.EntryAttributes] = {}
 
@@ -58,9 +58,15 @@ class MergedTree:
             raise fuse_error(errno.EROFS)
         return self.up
 
-    def new_ino(self) -> int:
-        self.next_ino += 1
-        return self.next_ino
+    def upper_ino(self, real: bytes, st: os.stat_result) -> int:
+        """The inode of the upper entry *real* whose lstat is *st* (cached by its upper st_ino)."""
+        ino = self.umap.get(st.st_ino)
+        if ino is None:
+            ino = self.up.origin(real)  # type: ignore[union-attr]
+            if ino is None:
+                ino = NEW_INO_BASE + st.st_ino
+            self.umap[st.st_ino] = ino
+        return ino
 
     def ref(self, node: Node) -> Node:
         """Count one more kernel reference to *node* (merging it into the cached node of its inode)."""
@@ -114,23 +120,13 @@ class MergedTree:
                 return Node(ino, path, lo, False, self.lo.is_dir(lo)), None
             node.add_path(path)
             return node, None
+        real = self.up.real(path)
         try:
-            st = os.lstat(self.up.real(path))
+            st = os.lstat(real)
         except FileNotFoundError:
             raise fuse_error(errno.ENOENT) from None
         isdir = stat.S_ISDIR(st.st_mode)
-        ino = self.umap.get(st.st_ino)
-        if ino is None:
-            if (
-                lo >= 0
-                and self.lo.is_dir(lo) == isdir
-                and (isdir or self.lo.stat(lo)[1] == 1)
-                and self.lo.ino(lo) not in self.nodes
-            ):
-                ino = self.lo.ino(lo)
-            else:
-                ino = self.new_ino()
-            self.umap[st.st_ino] = ino
+        ino = self.upper_ino(real, st)
         lower = lo if (isdir and k == K_DIR and lo >= 0 and self.lo.is_dir(lo)) else (-1 if isdir else lo)
         node = self.nodes.get(ino)
         if node is None:
@@ -293,7 +289,7 @@ class MergedTree:
 
     def register_new(self, path: bytes, st: os.stat_result, kind: int) -> Node:
         """A node (referenced) for the entry just created in the upper at *path*."""
-        ino = self.new_ino()
+        ino = NEW_INO_BASE + st.st_ino
         self.umap[st.st_ino] = ino
         self.up.set(path, kind)  # type: ignore[union-attr]
         return self.ref(Node(ino, path, -1, True, kind != K_FILE))

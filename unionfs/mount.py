@@ -36,6 +36,7 @@ class MountSpec(NamedTuple):  # (not a dataclass: importing dataclasses costs ev
     suid: bool = False
     debug: bool = False
     fsname: str = "strata-overlay"
+    volatile: bool = False  # copy-ups skip their fsync (containers/storage asks it of throwaway layers)
     # the lowers' lstat results if they are already resolved (``index.realpaths``) and checked: the
     # caller did it to report a bad one, and doing it again costs ~4 ms for 1000 layers
     lower_stats: Sequence[os.stat_result | None] | None = None
@@ -93,7 +94,7 @@ def _prepare(spec: MountSpec, mountpoint: Path):
         if os.statvfs(up).f_flag & os.ST_RDONLY:
             raise MountError(f"upper directory {up} is on a read-only filesystem")
         try:
-            upper = Upper(up, work)
+            upper = Upper(up, work, durable=not spec.volatile)
         except OSError as e:
             raise MountError(f"upper directory {up}: {e.strerror}") from None
     try:

@@ -10,9 +10,11 @@ directory under a hidden ``.wh..strata-tmp-*`` name.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
+import struct
 from collections.abc import Iterator
 
 from .longpath import fit
@@ -31,14 +33,18 @@ K_OPQ = 3  # opaque directory
 K_FILE = 4  # any non-directory
 
 TMP_PREFIX = b".wh..strata-tmp-"
+ORIGIN_XATTR = b"trusted.strata.origin"  # the merged inode a copied-up entry had (uint64 LE)
+ORIGIN_XATTR_USER = b"user.strata.origin"
+_ORIGIN = struct.Struct("<Q")
 _tmpcount = itertools.count()
 
 
 class Upper:
     """The writable layer: its files on disk and an in-memory map ``path -> kind`` of its entries."""
 
-    def __init__(self, root: str | os.PathLike, work: str | os.PathLike | None) -> None:
+    def __init__(self, root: str | os.PathLike, work: str | os.PathLike | None, durable: bool = True) -> None:
         self.root = os.fsencode(os.path.realpath(root))
+        self.durable = durable  # copy-ups fsync their data (False: mounted volatile)
         self.tmpdir: bytes | None = None
         if work is not None:
             w = os.path.join(os.fsencode(os.path.realpath(work)), b"strata")
@@ -50,8 +56,29 @@ class Upper:
                         _remove_any(os.path.join(w, n))
         probe_in = self.tmpdir or self.root
         self.wh = WhiteoutWriter(probe_kernel_whiteouts(probe_in))
+        # trusted.* needs CAP_SYS_ADMIN; without it (rootless) the user namespace holds the origin
+        self.origin_xattr = ORIGIN_XATTR if os.geteuid() == 0 else ORIGIN_XATTR_USER
         self.kinds: dict[bytes, int] = {}
         self.scan()
+
+    # -- inode origins -----------------------------------------------------------------------
+    def set_origin(self, real: bytes, ino: int) -> None:
+        """Record on the upper entry *real* the inode it had in the lower (kept across mounts)."""
+        try:
+            os.setxattr(real, self.origin_xattr, _ORIGIN.pack(ino), follow_symlinks=False)
+        except OSError as e:
+            # no xattrs on this filesystem, or user.* on a symlink or device (rootless): the inode
+            # then holds for this mount only
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+
+    def origin(self, real: bytes) -> int | None:
+        """The inode recorded by :meth:`set_origin`, or None."""
+        try:
+            v = os.getxattr(real, self.origin_xattr, follow_symlinks=False)
+        except OSError:
+            return None
+        return _ORIGIN.unpack(v)[0] if len(v) == _ORIGIN.size else None
 
     # -- paths ---------------------------------------------------------------------------------
     def real(self, path: bytes) -> bytes:

@@ -14,7 +14,13 @@ WH_PREFIX = b".wh."
 OPAQUE_NAME = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque", b"user.fuseoverlayfs.opaque")
 KERNEL_OPAQUE_XATTR = b"trusted.overlay.opaque"
-PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs.", b"trusted.strata.")
+PRIVATE_XATTR_PREFIXES = (
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"user.fuseoverlayfs.",
+    b"trusted.strata.",
+    b"user.strata.",
+)
 DISABLE_ENV = "FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT"
 
 
