@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc patch python3 python3-venv python3-dev
-              skopeo umoci fuse-overlayfs docker-registry jq zstd attr curl openssl tar gzip podman buildah crun runc)
+              skopeo umoci fuse-overlayfs docker-registry jq zstd attr curl openssl tar gzip podman buildah crun runc
+              autoconf automake libtool make perl)  # (the last five build and run pjdfstest)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

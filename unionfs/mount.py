@@ -93,10 +93,13 @@ def _prepare(spec: MountSpec, mountpoint: Path):
                 raise MountError(f"work directory {spec.work} is not on the same filesystem as upper directory {up}")
         if os.statvfs(up).f_flag & os.ST_RDONLY:
             raise MountError(f"upper directory {up} is on a read-only filesystem")
+        claim = _claim_upper(up, mp)
         try:
             upper = Upper(up, work, durable=not spec.volatile)
         except OSError as e:
+            os.close(claim)
             raise MountError(f"upper directory {up}: {e.strerror}") from None
+        upper.claim_fd = claim
     try:
         if spec.use_index:
             cache_dir = None
@@ -110,6 +113,49 @@ def _prepare(spec: MountSpec, mountpoint: Path):
     except OSError as e:
         raise MountError(f"cannot read lower layers: {e}") from None
     return UnionOperations(lower, upper), mp
+
+
+SERVER_XATTRS = (b"trusted.strata.server", b"user.strata.server")  # the mount point serving an upper
+CLAIM_WAIT = 3.0  # seconds a server that is exiting gets to let go of its upper
+
+
+def _claim_upper(up: Path, mp: Path) -> int:
+    """Lock *up* for this mount's server (one writable server per upper: two would drift apart).
+
+    The lock is an flock on a descriptor of the upper directory, held until the server exits;
+    the mount point is recorded beside it, so that a second mount can say which mount has it.
+    """
+    import fcntl
+
+    fd = os.open(up, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    deadline = time.monotonic() + CLAIM_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = _server_of(fd)
+            if (holder and is_mounted(Path(holder))) or time.monotonic() > deadline:
+                os.close(fd)
+                where = f"the mount at {holder}" if holder else "another mount"
+                raise MountError(f"upper directory {up} is already served by {where}") from None
+            time.sleep(0.05)  # its mount is gone: the server is exiting
+    for name in SERVER_XATTRS:  # (trusted.* needs root; either is hidden from the merged view)
+        try:
+            os.setxattr(fd, name, os.fsencode(mp))
+            break
+        except OSError:
+            continue
+    return fd
+
+
+def _server_of(fd: int) -> str | None:
+    for name in SERVER_XATTRS:
+        try:
+            return os.fsdecode(os.getxattr(fd, name))
+        except OSError:
+            continue
+    return None
 
 
 def _options(spec: MountSpec) -> set[str]:
@@ -236,13 +282,17 @@ def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | 
                 os.dup2(null, fd)
             if null > 2:
                 os.close(null)
-            os.closerange(3, wfd)  # inherited descriptors (e.g. a caller's pipes) must not stay open
-            os.closerange(wfd + 1, 65536)
+            # inherited descriptors (e.g. a caller's pipes) must not stay open; the upper's claim must
+            keep = sorted({wfd, getattr(ops.up, "claim_fd", wfd)})
+            for lo, hi in zip([3] + [k + 1 for k in keep], [*keep, 65536], strict=True):
+                os.closerange(lo, hi)
             _serve(ops, mp, opts, wfd, work)
         except BaseException:  # noqa: BLE001
             os._exit(1)
         os._exit(0)
     os.close(wfd)
+    if ops.up is not None and ops.up.claim_fd is not None:
+        os.close(ops.up.claim_fd)  # the server holds the upper's claim now, for as long as it runs
     os.waitpid(pid, 0)
     with os.fdopen(rfd, "rb") as r:
         msg = r.readline().decode(errors="replace").strip()

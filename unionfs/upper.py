@@ -45,6 +45,7 @@ class Upper:
     def __init__(self, root: str | os.PathLike, work: str | os.PathLike | None, durable: bool = True) -> None:
         self.root = os.fsencode(os.path.realpath(root))
         self.durable = durable  # copy-ups fsync their data (False: mounted volatile)
+        self.claim_fd: int | None = None  # the lock that makes this mount's server its only one
         self.tmpdir: bytes | None = None
         if work is not None:
             w = os.path.join(os.fsencode(os.path.realpath(work)), b"strata")

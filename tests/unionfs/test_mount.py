@@ -216,3 +216,26 @@ def test_remount_keeps_changes_and_inodes(layers, mounts) -> None:
     assert (m / "hello").read_text() == "changed"
     assert os.stat(m / "hello").st_ino == ino
     assert (m / "newdir" / "f").read_text() == "f"
+
+
+def test_one_writable_server_per_upper(layers, mounts, tmp_path: Path) -> None:
+    spec = MountSpec([layers["low"]], layers["up"], layers["work"])
+    second = tmp_path / "second"
+    second.mkdir()
+    mount(spec, layers["mnt"])
+    mounts.add(layers["mnt"])
+    with pytest.raises(MountError) as ei:
+        mount(spec, second)
+    assert str(layers["mnt"]) in str(ei.value) and "\n" not in str(ei.value)
+    assert mount_state(second) == "unmounted"
+    # a read-only mount of the same layers, or another upper, is no conflict
+    other = tmp_path / "up2"
+    other.mkdir()
+    mount(MountSpec([layers["low"]], other, tmp_path / "work2"), second)
+    mounts.add(second)
+    unmount(second)
+    # once the first server is gone, the upper is free again
+    (layers["mnt"] / "kept").write_text("1")
+    unmount(layers["mnt"])
+    mount(spec, second)
+    assert (second / "kept").read_text() == "1"
