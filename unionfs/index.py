@@ -28,6 +28,7 @@ In-place content changes of an existing lower file are never detected (lowers ar
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import mmap
 import os
@@ -46,9 +47,10 @@ from . import layertable, tablepack
 from .layertable import META, META_BYTES, META_W, LayerTable, layer_key
 from .longpath import fit
 
-MAGIC = b"STRIDX03"
-HEADER = struct.Struct("<8sQQQQ")  # magic, n, table_size, names_len, key_len
+MAGIC = b"STRIDX04"
+HEADER = struct.Struct("<8sQQQQQ")  # magic, n, table_size, names_len, key_len, xxh3_64 of the rest
 LINK_W = 5
+TMP_MARK = ".tmp"  # an index being written: NAME.tmpPID
 TABLE_DIR = "layers"  # beside an index cache file: the tables of its layers
 _ROW = 1 << 32  # (layer, row) packed in one int while merging
 _ROW_MASK = _ROW - 1
@@ -132,20 +134,34 @@ class Index:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        """Write the index to *path* atomically (temp file + rename)."""
+        """Write the index to *path* atomically and durably (temp file, fsync, rename), with a
+        checksum of everything after the header, which :meth:`load` verifies."""
         path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
         names = bytes(self.names)
-        with open(tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, self.count, len(self.table), len(names), len(self.key)))
-            f.write(self.key)
-            lw = b"\0".join(self.lowers)
-            f.write(struct.pack("<Q", len(lw)) + lw)
-            for arr in (self.meta, self.links, self.name_off, self.table):
-                _pad(f)
-                f.write(memoryview(arr).cast("B"))
-            f.write(names)
-        os.replace(tmp, path)
+        lw = b"\0".join(self.lowers)
+        parts: list[bytes | memoryview] = [self.key, struct.pack("<Q", len(lw)) + lw]
+        pos = HEADER.size + len(parts[0]) + len(parts[1])
+        for arr in (self.meta, self.links, self.name_off, self.table):
+            parts.append(b"\0" * (-pos % 8))
+            parts.append(memoryview(arr).cast("B"))
+            pos += len(parts[-2]) + len(parts[-1])
+        parts.append(names)
+        h = xxhash.xxh3_64()
+        for p in parts:
+            h.update(p)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(HEADER.pack(MAGIC, self.count, len(self.table), len(names), len(self.key), h.intdigest()))
+                for p in parts:
+                    f.write(p)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: Path, expect_key: bytes | None = None) -> Index | None:
@@ -156,9 +172,9 @@ class Index:
         except (OSError, ValueError):
             return None
         try:
-            magic, n, tsize, nlen, klen = HEADER.unpack_from(mm, 0)
-            if magic != MAGIC:
-                return None
+            magic, n, tsize, nlen, klen, check = HEADER.unpack_from(mm, 0)
+            if magic != MAGIC or xxhash.xxh3_64_intdigest(memoryview(mm)[HEADER.size :]) != check:
+                return None  # (damaged: the caller builds it again)
             off = HEADER.size
             key = bytes(mm[off : off + klen])
             if expect_key is not None and key != expect_key:
@@ -183,12 +199,6 @@ class Index:
         idx = cls(lowers, meta, links, name_off, names, table, key=key)
         idx._mm = mm
         return idx
-
-
-def _pad(f) -> None:
-    pos = f.tell()
-    if pos % 8:
-        f.write(b"\0" * (8 - pos % 8))
 
 
 def _fs(p: str | os.PathLike) -> bytes:
@@ -546,7 +556,17 @@ def load_or_build(
     idx = _build(roots, stats, key, None, Path(cache).parent / TABLE_DIR, keys)
     try:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(Path(cache).parent)
         idx.save(Path(cache))
     except OSError:
         pass
     return idx
+
+
+def sweep_temporaries(cache_dir: Path) -> None:
+    """Remove the temporary files of index saves whose writer died (killed while saving)."""
+    for p in cache_dir.glob(f"*.idx{TMP_MARK}*"):
+        pid = p.name.rpartition(TMP_MARK)[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            with contextlib.suppress(OSError):
+                p.unlink()

@@ -239,3 +239,28 @@ def test_one_writable_server_per_upper(layers, mounts, tmp_path: Path) -> None:
     unmount(layers["mnt"])
     mount(spec, second)
     assert (second / "kept").read_text() == "1"
+
+
+def test_damaged_index_is_rebuilt(layers, mounts, tmp_path: Path) -> None:
+    from unionfs.index import HEADER, Index
+
+    for i in range(50):
+        (layers["low"] / f"f{i}").write_text(str(i))
+    cache = tmp_path / "cache" / "stack.idx"
+    spec = MountSpec([layers["low"]], index_cache=cache)
+    mount(spec, layers["mnt"])
+    mounts.add(layers["mnt"])
+    want = sorted(os.listdir(layers["mnt"]))
+    unmount(layers["mnt"])
+    size = cache.stat().st_size
+    with open(cache, "r+b") as f:  # zeroed after its header, as a torn write leaves it
+        f.seek(HEADER.size)
+        f.write(b"\0" * (size - HEADER.size))
+    assert Index.load(cache) is None
+    stale = cache.with_name(cache.name + ".tmp999999999")  # a save whose writer was killed
+    stale.write_bytes(b"partial")
+    mount(spec, layers["mnt"])
+    assert sorted(os.listdir(layers["mnt"])) == want
+    assert (layers["mnt"] / "f7").read_text() == "7"
+    unmount(layers["mnt"])
+    assert Index.load(cache) is not None and not stale.exists()
