@@ -161,3 +161,53 @@ def test_paths_up_to_path_max_below_the_mount(mnt) -> None:
         os.close(fd)
     finally:
         os.close(top)
+
+
+@needs_fuse
+def test_copy_up_on_a_full_upper_leaves_nothing_and_the_mount_usable(tmp_path: Path, mounts) -> None:
+    import subprocess
+
+    low, fs, m = tmp_path / "low", tmp_path / "fs", tmp_path / "mnt"
+    for p in (low, fs, m):
+        p.mkdir()
+    (low / "big").write_bytes(os.urandom(3 << 20))
+    (low / "small").write_bytes(b"s")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs)], check=True, timeout=30)
+    try:
+        (fs / "up").mkdir()
+        mount(MountSpec([low], fs / "up", fs / "work"), m)
+        mounts.add(m)
+        with pytest.raises(OSError) as ei:
+            with open(m / "big", "ab") as f:
+                f.write(b"more")
+        assert ei.value.errno == errno.ENOSPC
+        left = [n for n in os.listdir(fs / "work" / "strata") if n.startswith("tmp-")]
+        assert left == []  # no temporary file left behind
+        assert (m / "big").stat().st_size == 3 << 20  # the lower copy still serves
+        (m / "new").write_bytes(b"fits")
+        with open(m / "small", "ab") as f:
+            f.write(b"+")
+        assert (m / "small").read_bytes() == b"s+" and (m / "new").read_bytes() == b"fits"
+        unmount(m)
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], capture_output=True, timeout=30)
+
+
+@needs_fuse
+def test_copy_up_keeps_the_parent_times(tmp_path: Path, mounts) -> None:
+    low, up, work, m = (tmp_path / k for k in ("low", "up", "work", "mnt"))
+    for p in (low, up, work, m):
+        p.mkdir()
+    (low / "d" / "e").mkdir(parents=True)
+    (low / "d" / "e" / "f").write_text("x")
+    os.utime(low / "d", ns=(10**18, 10**18))
+    os.utime(low / "d" / "e", ns=(2 * 10**18, 2 * 10**18))
+    mount(MountSpec([low], up, work), m)
+    mounts.add(m)
+    with open(m / "d" / "e" / "f", "a") as f:  # copies up d, d/e and d/e/f
+        f.write("y")
+    assert os.stat(up / "d" / "e" / "f").st_size == 2
+    assert os.stat(up / "d").st_mtime_ns == 10**18 and os.stat(up / "d" / "e").st_mtime_ns == 2 * 10**18
+    unmount(m)
+    mount(MountSpec([low], up, work), m)
+    assert os.stat(m / "d").st_mtime_ns == 10**18 and os.stat(m / "d" / "e").st_mtime_ns == 2 * 10**18
