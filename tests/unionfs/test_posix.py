@@ -211,3 +211,46 @@ def test_copy_up_keeps_the_parent_times(tmp_path: Path, mounts) -> None:
     unmount(m)
     mount(MountSpec([low], up, work), m)
     assert os.stat(m / "d").st_mtime_ns == 10**18 and os.stat(m / "d" / "e").st_mtime_ns == 2 * 10**18
+
+
+@needs_fuse
+def test_server_killed_during_copy_up(tmp_path: Path, mounts) -> None:
+    """A kill -9 at any moment of a copy-up leaves the old content or the new, whole, and no
+    temporary file once mounted again."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    low, up, work, m = (tmp_path / k for k in ("low", "up", "work", "mnt"))
+    for p in (low, up, work, m):
+        p.mkdir()
+    data = os.urandom(1 << 20) * 96  # 96 MiB: its copy takes a while
+    (low / "big").write_bytes(data)
+    spec = MountSpec([low], up, work)
+    for delay in (0.0, 0.02, 0.1):
+        pid = mount(spec, m)
+        mounts.add(m)
+        result: list = []
+
+        def append() -> None:
+            try:
+                with open(m / "big", "ab") as f:
+                    f.write(b"tail")
+                result.append("done")
+            except OSError as e:
+                result.append(e.errno)
+
+        t = threading.Thread(target=append, daemon=True)
+        t.start()
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        subprocess.run(["umount", "-l", str(m)], capture_output=True, timeout=30)
+        mount(spec, m)
+        content = (m / "big").read_bytes()
+        assert content in (data, data + b"tail"), f"delay {delay}: {len(content)} bytes"
+        assert [n for n in os.listdir(work / "strata") if n.startswith("tmp-")] == []
+        unmount(m)
+        if (up / "big").exists():
+            os.unlink(up / "big")
