@@ -132,7 +132,8 @@ class CopyUp:
             if e >= 0:
                 src = t.lo.real_path(e)
                 copy_dir_meta(src, tmp, os.lstat(src))
-                up.set_origin(tmp, t.lo.ino(e))
+                if t.view_id is not None:
+                    up.set_origin(tmp, t.lo.ino(e), t.view_id)
             with self._parent_times(path):
                 try:
                     renameat2(tmp, real, RENAME_NOREPLACE)
@@ -186,7 +187,8 @@ class CopyUp:
                 tmp = up.tmp_path(up.real(node.path))
                 try:
                     await trio.to_thread.run_sync(copy_node, src, tmp, st, data, up.durable)
-                    up.set_origin(tmp, node.ino)
+                    if t.view_id is not None:
+                        up.set_origin(tmp, node.ino, t.view_id)
                     # the one await is over: decide only now, on the state as it is
                     if not node.paths or up.kind(node.path) is not None:  # unlinked or replaced meanwhile
                         raise FileNotFoundError(errno.ENOENT, "unlinked during copy-up")

@@ -126,6 +126,12 @@ class Index:
             i = self.links[i * LINK_W]
         return b"/" + b"/".join(reversed(parts))
 
+    @property
+    def view_id(self) -> int:
+        """Names this index's inode numbering: the same lowers (immutable) are numbered the same by
+        every index built of them, so an inode recorded in an upper under this id holds."""
+        return xxhash.xxh64_intdigest(b"\0".join(self.lowers))
+
     def real_path(self, i: int) -> bytes:
         """Path of the file serving entry *i* inside its layer."""
         p = self.path(i)

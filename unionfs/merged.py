@@ -44,6 +44,8 @@ class MergedTree:
         self.umap: dict[int, int] = {}
         if upper is not None:
             self.umap[os.lstat(upper.root).st_ino] = root.ino
+        # the lower's inode numbering, if another mount of the same lowers numbers them the same
+        self.view_id: int | None = getattr(lower, "view_id", None)
         self._groups: dict[int, list[int]] | None = None
         self._lattr: dict[int, pyfuse3.EntryAttributes] = {}
 
@@ -62,7 +64,7 @@ class MergedTree:
         """The inode of the upper entry *real* whose lstat is *st* (cached by its upper st_ino)."""
         ino = self.umap.get(st.st_ino)
         if ino is None:
-            ino = self.up.origin(real)  # type: ignore[union-attr]
+            ino = self.up.origin(real, self.view_id) if self.view_id is not None else None  # type: ignore[union-attr]
             if ino is None:
                 ino = NEW_INO_BASE + st.st_ino
             self.umap[st.st_ino] = ino

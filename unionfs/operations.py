@@ -19,8 +19,9 @@ from typing import Any
 import pyfuse3
 
 from . import longpath
+from . import rename as renames
 from .copyup import CopyUp
-from .libc import RENAME_EXCHANGE, RENAME_NOREPLACE, fallocate, renameat2
+from .libc import RENAME_EXCHANGE, RENAME_NOREPLACE, fallocate
 from .merged import LOWER_TIMEOUT, MergedTree, fuse_error
 from .node import Node, join
 from .upper import K_DIR, K_FILE, K_OPQ, K_WH, Upper
@@ -422,12 +423,13 @@ class UnionOperations(pyfuse3.Operations):
         node, _ = self.t.resolve(parent, name)
         if node.isdir:
             raise fuse_error(errno.EISDIR)
-        path = join(parent.path, name)
-        below = self.t.lower_child(parent, name) >= 0
         if not node.upper and self.lo.stat(node.lower)[1] > 1:
             # a lower hard link: copy the inode up with all its visible links first, so the links
             # that remain show the right nlink (as overlayfs with index=on does)
             await self.cu.copy_up(node)
+            node, _ = self.t.resolve(parent, name)  # (after the await: as it is now)
+        path = join(parent.path, name)
+        below = self.t.lower_child(parent, name) >= 0
         self.cu.ensure_dir(parent)
         if up.kind(path) == K_FILE:
             real = up.real(path)
@@ -475,95 +477,31 @@ class UnionOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        up = self.t.rw()
+        self.t.rw()
         self._check_name(name_new)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise fuse_error(errno.EINVAL)
-        po, pn = self.t.node(parent_inode_old), self.t.node(parent_inode_new)
-        src, _ = self.t.resolve(po, name_old)
-        try:
-            dst: Node | None = self.t.resolve(pn, name_new)[0]
-        except pyfuse3.FUSEError:
-            dst = None
-        spath, dpath = join(po.path, name_old), join(pn.path, name_new)
-        if spath == dpath:
-            return
-        if dpath.startswith(spath + b"/") or (flags & RENAME_EXCHANGE and spath.startswith(dpath + b"/")):
-            raise fuse_error(errno.EINVAL)
-        if flags & RENAME_EXCHANGE:
-            if dst is None:
-                raise fuse_error(errno.ENOENT)
-            await self._exchange(po, name_old, src, pn, name_new, dst)
-            return
-        if dst is not None:
-            if flags & RENAME_NOREPLACE:
-                raise fuse_error(errno.EEXIST)
-            if dst.ino == src.ino:
+        for _ in range(8):  # until what moves is in the upper, with no await between the checks and the move
+            po, pn = self.t.node(parent_inode_old), self.t.node(parent_inode_new)
+            src, _ = self.t.resolve(po, name_old)
+            try:
+                dst: Node | None = self.t.resolve(pn, name_new)[0]
+            except pyfuse3.FUSEError:
+                dst = None
+            if not renames.check(self.t, po, name_old, src, pn, name_new, dst, flags):
                 return
-            if src.isdir and not dst.isdir:
-                raise fuse_error(errno.ENOTDIR)
-            if not src.isdir and dst.isdir:
-                raise fuse_error(errno.EISDIR)
-            if dst.isdir and self.t.listing(dst):
-                raise fuse_error(errno.ENOTEMPTY)
-        await self.cu.to_upper(src)
-        spath = join(po.path, name_old)
-        self.cu.ensure_dir(pn)
-        self.cu.ensure_dir(po)
-        s_below = self.t.lower_child(po, name_old) >= 0
-        d_below = self.t.lower_child(pn, name_new) >= 0
-        dst_st = None
-        if dst is not None and up.kind(dpath) in (K_DIR, K_OPQ, K_FILE):
-            if dst.isdir:
-                up.clear_markers(dpath)
-            dst_st = os.lstat(up.real(dpath))
+            moving = [src, dst] if flags & RENAME_EXCHANGE else [src]
+            pending = [n for n in moving if n is not None and not renames.in_upper(n)]
+            if not pending:
+                break
+            for n in pending:
+                await self.cu.to_upper(n)
+        else:  # (each round brings one more node up, or fails: only a storm of renames gets here)
+            raise fuse_error(errno.EAGAIN)
+        if flags & RENAME_EXCHANGE:
+            renames.exchange(self.t, self.cu, po, name_old, src, pn, name_new, dst)  # type: ignore[arg-type]
         else:
-            up.clear_whiteout(dpath)
-        os.rename(up.real(spath), up.real(dpath))
-        longpath.forget()
-        if src.isdir:
-            up.move_tree(spath, dpath)
-            if d_below and up.kind(dpath) != K_OPQ:
-                up.make_opaque(dpath)
-        else:
-            up.drop(spath)
-            up.set(dpath, K_FILE)
-        if s_below:
-            up.add_whiteout(spath)
-        if dst is not None:
-            dst.remove_path(dpath)
-            if dst_st is not None:
-                self.t.forget_upper(dst_st, dst.ino)
-        self.t.move_paths(spath, dpath)
-        src.add_path(dpath)
-        if src.isdir:
-            src.lower = -1
-
-    async def _exchange(self, po: Node, name_old: bytes, src: Node, pn: Node, name_new: bytes, dst: Node) -> None:
-        up = self.t.rw()
-        await self.cu.to_upper(src)
-        await self.cu.to_upper(dst)
-        self.cu.ensure_dir(po)
-        self.cu.ensure_dir(pn)
-        spath, dpath = join(po.path, name_old), join(pn.path, name_new)
-        s_below = self.t.lower_child(po, name_old) >= 0
-        d_below = self.t.lower_child(pn, name_new) >= 0
-        renameat2(up.real(spath), up.real(dpath), RENAME_EXCHANGE)
-        longpath.forget()
-        tmp = b"\0exchange"
-        up.move_tree(spath, tmp)
-        up.move_tree(dpath, spath)
-        up.move_tree(tmp, dpath)
-        self.t.move_paths(spath, tmp)
-        self.t.move_paths(dpath, spath)
-        self.t.move_paths(tmp, dpath)
-        if src.isdir and d_below and up.kind(dpath) != K_OPQ:
-            up.make_opaque(dpath)
-        if dst.isdir and s_below and up.kind(spath) != K_OPQ:
-            up.make_opaque(spath)
-        for n in (src, dst):
-            if n.isdir:
-                n.lower = -1
+            renames.rename(self.t, self.cu, po, name_old, src, pn, name_new, dst)
 
     # ------------------------------------------------------------------------------ xattrs
     @_fuse_errors

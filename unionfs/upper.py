@@ -33,9 +33,9 @@ K_OPQ = 3  # opaque directory
 K_FILE = 4  # any non-directory
 
 TMP_PREFIX = b".wh..strata-tmp-"
-ORIGIN_XATTR = b"trusted.strata.origin"  # the merged inode a copied-up entry had (uint64 LE)
+ORIGIN_XATTR = b"trusted.strata.origin"  # the merged inode a copied-up entry had, and whose numbering
 ORIGIN_XATTR_USER = b"user.strata.origin"
-_ORIGIN = struct.Struct("<Q")
+_ORIGIN = struct.Struct("<QQ")  # inode, the numbering's id (the lower view's ``view_id``)
 _tmpcount = itertools.count()
 
 
@@ -63,23 +63,26 @@ class Upper:
         self.scan()
 
     # -- inode origins -----------------------------------------------------------------------
-    def set_origin(self, real: bytes, ino: int) -> None:
-        """Record on the upper entry *real* the inode it had in the lower (kept across mounts)."""
+    def set_origin(self, real: bytes, ino: int, view: int) -> None:
+        """Record on the upper entry *real* the inode it had in the lower view *view*."""
         try:
-            os.setxattr(real, self.origin_xattr, _ORIGIN.pack(ino), follow_symlinks=False)
+            os.setxattr(real, self.origin_xattr, _ORIGIN.pack(ino, view), follow_symlinks=False)
         except OSError as e:
             # no xattrs on this filesystem, or user.* on a symlink or device (rootless): the inode
             # then holds for this mount only
             if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
 
-    def origin(self, real: bytes) -> int | None:
-        """The inode recorded by :meth:`set_origin`, or None."""
+    def origin(self, real: bytes, view: int) -> int | None:
+        """The inode recorded by :meth:`set_origin` for the lower view *view*, or None."""
         try:
             v = os.getxattr(real, self.origin_xattr, follow_symlinks=False)
         except OSError:
             return None
-        return _ORIGIN.unpack(v)[0] if len(v) == _ORIGIN.size else None
+        if len(v) != _ORIGIN.size:
+            return None
+        ino, recorded = _ORIGIN.unpack(v)
+        return ino if recorded == view else None
 
     # -- paths ---------------------------------------------------------------------------------
     def real(self, path: bytes) -> bytes:

@@ -1,0 +1,119 @@
+"""rename(2) and renameat2(2)'s RENAME_EXCHANGE over the merged tree.
+
+The handler first brings what moves into the upper (the one place a rename waits); everything
+below runs after that, without awaiting, so each decision is taken on the state as it is when
+the rename happens.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from . import longpath
+from .copyup import CopyUp
+from .libc import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
+from .merged import MergedTree, fuse_error
+from .node import Node, join
+from .upper import K_DIR, K_FILE, K_OPQ
+
+
+def in_upper(node: Node) -> bool:
+    """Whether *node* can move within the upper as it is (a directory: with its whole subtree)."""
+    return node.upper and (not node.isdir or node.lower < 0)
+
+
+def check(
+    t: MergedTree, po: Node, name_old: bytes, src: Node, pn: Node, name_new: bytes, dst: Node | None, flags: int
+) -> bool:
+    """The errors of a rename, as rename(2) orders them; False if it changes nothing."""
+    spath, dpath = join(po.path, name_old), join(pn.path, name_new)
+    if spath == dpath:
+        return False
+    if dpath.startswith(spath + b"/") or (flags & RENAME_EXCHANGE and spath.startswith(dpath + b"/")):
+        raise fuse_error(errno.EINVAL)
+    if flags & RENAME_EXCHANGE:
+        if dst is None:
+            raise fuse_error(errno.ENOENT)
+        return True
+    if dst is not None:
+        if flags & RENAME_NOREPLACE:
+            raise fuse_error(errno.EEXIST)
+        if dst.ino == src.ino:
+            return False
+        if src.isdir and not dst.isdir:
+            raise fuse_error(errno.ENOTDIR)
+        if not src.isdir and dst.isdir:
+            raise fuse_error(errno.EISDIR)
+        if dst.isdir and t.listing(dst):
+            raise fuse_error(errno.ENOTEMPTY)
+    return True
+
+
+def rename(
+    t: MergedTree, cu: CopyUp, po: Node, name_old: bytes, src: Node, pn: Node, name_new: bytes, dst: Node | None
+) -> None:
+    """Move *src* (in the upper already) over *dst* (or to a free name)."""
+    up = t.rw()
+    spath, dpath = join(po.path, name_old), join(pn.path, name_new)
+    cu.ensure_dir(pn)
+    cu.ensure_dir(po)
+    s_below = t.lower_child(po, name_old) >= 0
+    d_below = t.lower_child(pn, name_new) >= 0
+    dst_st = None
+    if dst is not None and up.kind(dpath) in (K_DIR, K_OPQ, K_FILE):
+        if dst.isdir:
+            up.clear_markers(dpath)
+        dst_st = os.lstat(up.real(dpath))
+    else:
+        up.clear_whiteout(dpath)
+    os.rename(up.real(spath), up.real(dpath))
+    longpath.forget()
+    if src.isdir:
+        up.move_tree(spath, dpath)
+        if d_below and up.kind(dpath) != K_OPQ:
+            up.make_opaque(dpath)
+    else:
+        up.drop(spath)
+        up.set(dpath, K_FILE)
+    if s_below:
+        up.add_whiteout(spath)
+    if dst is not None:
+        dst.remove_path(dpath)
+        if dst_st is not None:
+            t.forget_upper(dst_st, dst.ino)
+    t.move_paths(spath, dpath)
+    src.add_path(dpath)
+    if src.isdir:
+        src.lower = -1
+
+
+def exchange(
+    t: MergedTree, cu: CopyUp, po: Node, name_old: bytes, src: Node, pn: Node, name_new: bytes, dst: Node
+) -> None:
+    """Swap *src* and *dst* (both in the upper already)."""
+    up = t.rw()
+    cu.ensure_dir(po)
+    cu.ensure_dir(pn)
+    spath, dpath = join(po.path, name_old), join(pn.path, name_new)
+    s_below = t.lower_child(po, name_old) >= 0
+    d_below = t.lower_child(pn, name_new) >= 0
+    renameat2(up.real(spath), up.real(dpath), RENAME_EXCHANGE)
+    longpath.forget()
+    tmp = b"\0exchange"
+    up.move_tree(spath, tmp)
+    up.move_tree(dpath, spath)
+    up.move_tree(tmp, dpath)
+    t.move_paths(spath, tmp)
+    t.move_paths(dpath, spath)
+    t.move_paths(tmp, dpath)
+    if src.isdir and d_below and up.kind(dpath) != K_OPQ:
+        up.make_opaque(dpath)
+    if dst.isdir and s_below and up.kind(spath) != K_OPQ:
+        up.make_opaque(spath)
+    for n in (src, dst):
+        if n.isdir:
+            n.lower = -1
+
+
+__all__ = ["K_DIR", "check", "exchange", "in_upper", "rename"]
