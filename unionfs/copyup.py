@@ -220,7 +220,8 @@ class CopyUp:
             self.ensure_dir_path(dirname(q))
             os.link(dst, up.real(q))
             up.set(q, K_FILE)
-            node.paths.insert(0, q)
+            t.add_path(node, q)
+            node.paths.insert(0, node.paths.pop())  # (the path asked for stays the newest)
 
     async def materialize(self, node: Node) -> None:
         """Copy a directory's whole merged subtree into the upper and make it opaque."""

@@ -41,6 +41,8 @@ class MergedTree:
         root = Node(pyfuse3.ROOT_INODE, b"/", -1 if root_kind == K_OPQ else 0, upper is not None, True)
         root.nlookup = 1
         self.nodes: dict[int, Node] = {root.ino: root}
+        # merged path -> the cached node it reaches, so a rename touches the nodes it moves, no others
+        self.at: dict[bytes, Node] = {b"/": root}
         self.umap: dict[int, int] = {}
         if upper is not None:
             self.umap[os.lstat(upper.root).st_ino] = root.ino
@@ -77,8 +79,29 @@ class MergedTree:
             for p in node.paths:
                 cur.add_path(p)
             cur.upper, cur.lower = node.upper, node.lower
+        for p in cur.paths:
+            self.at[p] = cur
         cur.nlookup += 1
         return cur
+
+    def drop(self, node: Node) -> None:
+        """The kernel forgot *node*: it is no longer cached."""
+        del self.nodes[node.ino]
+        for p in node.paths:
+            if self.at.get(p) is node:
+                del self.at[p]
+
+    def add_path(self, node: Node, p: bytes) -> None:
+        """*p* reaches *node* too (now its newest path)."""
+        node.add_path(p)
+        if self.nodes.get(node.ino) is node:
+            self.at[p] = node
+
+    def remove_path(self, node: Node, p: bytes) -> None:
+        """*p* reaches *node* no more (unlinked, or replaced by a rename)."""
+        node.remove_path(p)
+        if self.at.get(p) is node:
+            del self.at[p]
 
     def lower_child(self, parent: Node, name: bytes) -> int:
         return self.lo.lookup(parent.lower, name) if parent.lower >= 0 else -1
@@ -120,7 +143,7 @@ class MergedTree:
             node = self.nodes.get(ino)
             if node is None:
                 return Node(ino, path, lo, False, self.lo.is_dir(lo)), None
-            node.add_path(path)
+            self.add_path(node, path)
             return node, None
         real = self.up.real(path)
         try:
@@ -133,7 +156,7 @@ class MergedTree:
         node = self.nodes.get(ino)
         if node is None:
             return Node(ino, path, lower, True, isdir), st
-        node.add_path(path)
+        self.add_path(node, path)
         node.upper = True
         node.lower = lower
         return node, st
@@ -266,23 +289,29 @@ class MergedTree:
             self._groups = groups
         return self._groups.get(self.lo.ino(entry), [])
 
-    def move_paths(self, src: bytes, dst: bytes) -> None:
-        """Rename *src* (and everything below it) to *dst* in the cached nodes."""
-        pre = src + b"/"
-        for n in self.nodes.values():
-            changed = False
-            for i, p in enumerate(n.paths):
-                if p == src:
-                    n.paths[i] = dst
-                    changed = True
-                elif p.startswith(pre):
-                    n.paths[i] = dst + p[len(src) :]
-                    changed = True
-                    n.upper = True
-                    if n.isdir:
-                        n.lower = -1
-            if changed:
-                n.add_path(n.paths[-1])
+    def move_paths(self, src: bytes, dst: bytes, isdir: bool) -> None:
+        """Re-path the cached nodes at *src* (and, for a directory, below it) to *dst*.
+
+        Call it before the upper's map moves: a directory is moved only once its whole subtree
+        is in the upper, so the map lists every path below it; the cost is that subtree's.
+        """
+        moved = [src]
+        if isdir:
+            moved += [p for p, _ in self.up.subtree(src)]  # type: ignore[union-attr]
+        landed = []
+        for p in moved:
+            n = self.at.pop(p, None)
+            if n is None or p not in n.paths:
+                continue
+            q = dst + p[len(src) :]
+            n.paths[n.paths.index(p)] = q
+            if p != src:
+                n.upper = True
+                if n.isdir:
+                    n.lower = -1
+            landed.append((q, n))
+        for q, n in landed:
+            self.at[q] = n
 
     def forget_upper(self, st: os.stat_result, ino: int) -> None:
         """The upper file *st* of inode *ino* lost a link: forget its inode with its last link."""

@@ -161,7 +161,7 @@ class UnionOperations(pyfuse3.Operations):
                 continue
             node.nlookup -= n
             if node.nlookup <= 0 and ino != pyfuse3.ROOT_INODE:
-                del self.nodes[ino]
+                self.t.drop(node)
                 fd = self.fds.pop(ino, None)
                 if fd is not None:
                     os.close(fd)
@@ -378,7 +378,7 @@ class UnionOperations(pyfuse3.Operations):
         _parent, path, _ = self._prepare_new(new_parent_inode, new_name)
         os.link(up.real(node.path), up.real(path))
         up.set(path, K_FILE)
-        node.add_path(path)
+        self.t.add_path(node, path)
         self.t.ref(node)
         return self.t.attr(node)
 
@@ -439,7 +439,7 @@ class UnionOperations(pyfuse3.Operations):
             self.t.forget_upper(st, node.ino)
         if below:
             up.add_whiteout(path)
-        node.remove_path(path)
+        self.t.remove_path(node, path)
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -69,23 +69,24 @@ def rename(
         up.clear_whiteout(dpath)
     os.rename(up.real(spath), up.real(dpath))
     longpath.forget()
+    if dst is not None:
+        t.remove_path(dst, dpath)
+        if dst_st is not None:
+            t.forget_upper(dst_st, dst.ino)
+    t.move_paths(spath, dpath, src.isdir)
+    if spath in src.paths:  # (a node the kernel does not hold: not in the path index)
+        src.remove_path(spath)
+        src.add_path(dpath)
     if src.isdir:
         up.move_tree(spath, dpath)
         if d_below and up.kind(dpath) != K_OPQ:
             up.make_opaque(dpath)
+        src.lower = -1
     else:
         up.drop(spath)
         up.set(dpath, K_FILE)
     if s_below:
         up.add_whiteout(spath)
-    if dst is not None:
-        dst.remove_path(dpath)
-        if dst_st is not None:
-            t.forget_upper(dst_st, dst.ino)
-    t.move_paths(spath, dpath)
-    src.add_path(dpath)
-    if src.isdir:
-        src.lower = -1
 
 
 def exchange(
@@ -101,12 +102,9 @@ def exchange(
     renameat2(up.real(spath), up.real(dpath), RENAME_EXCHANGE)
     longpath.forget()
     tmp = b"\0exchange"
-    up.move_tree(spath, tmp)
-    up.move_tree(dpath, spath)
-    up.move_tree(tmp, dpath)
-    t.move_paths(spath, tmp)
-    t.move_paths(dpath, spath)
-    t.move_paths(tmp, dpath)
+    for a, b, node in ((spath, tmp, src), (dpath, spath, dst), (tmp, dpath, src)):
+        t.move_paths(a, b, node.isdir)
+        up.move_tree(a, b)
     if src.isdir and d_below and up.kind(dpath) != K_OPQ:
         up.make_opaque(dpath)
     if dst.isdir and s_below and up.kind(spath) != K_OPQ:

@@ -17,6 +17,7 @@ import stat
 import struct
 from collections.abc import Iterator
 
+from .kindmap import KindMap
 from .longpath import fit
 from .whiteout import (
     OPAQUE_NAME,
@@ -59,7 +60,7 @@ class Upper:
         self.wh = WhiteoutWriter(probe_kernel_whiteouts(probe_in))
         # trusted.* needs CAP_SYS_ADMIN; without it (rootless) the user namespace holds the origin
         self.origin_xattr = ORIGIN_XATTR if os.geteuid() == 0 else ORIGIN_XATTR_USER
-        self.kinds: dict[bytes, int] = {}
+        self.kinds = KindMap()
         self.scan()
 
     # -- inode origins -----------------------------------------------------------------------
@@ -98,7 +99,8 @@ class Upper:
     # -- state ---------------------------------------------------------------------------------
     def scan(self) -> None:
         """(Re)load the in-memory map from disk."""
-        self.kinds = {b"/": K_OPQ if upper_is_opaque(self.root) else K_DIR}
+        self.kinds = KindMap()
+        self.kinds.set(b"/", K_OPQ if upper_is_opaque(self.root) else K_DIR)
         stack = [b"/"]
         while stack:
             d = stack.pop()
@@ -117,66 +119,54 @@ class Upper:
                             _remove_any(de.path)
                         elif name != OPAQUE_NAME:
                             q = pre + b"/" + name[4:]
-                            self.kinds.setdefault(q, K_WH)
+                            if q not in self.kinds:
+                                self.kinds.set(q, K_WH)
                         continue
                     st = de.stat(follow_symlinks=False)
                     if is_whiteout_stat(st):
-                        self.kinds[p] = K_WH
+                        self.kinds.set(p, K_WH)
                     elif stat.S_ISDIR(st.st_mode):
-                        self.kinds[p] = K_OPQ if upper_is_opaque(de.path) else K_DIR
+                        self.kinds.set(p, K_OPQ if upper_is_opaque(de.path) else K_DIR)
                         stack.append(p)
                     else:
-                        self.kinds[p] = K_FILE
+                        self.kinds.set(p, K_FILE)
 
     def kind(self, path: bytes) -> int | None:
         return self.kinds.get(path)
 
     def set(self, path: bytes, kind: int) -> None:
-        self.kinds[path] = kind
+        self.kinds.set(path, kind)
 
     def drop(self, path: bytes) -> None:
-        self.kinds.pop(path, None)
+        self.kinds.drop(path)
 
     def drop_tree(self, path: bytes) -> None:
-        pre = path + b"/"
-        for k in [k for k in self.kinds if k.startswith(pre)]:
-            del self.kinds[k]
-        self.kinds.pop(path, None)
+        self.kinds.drop_tree(path)
 
     def move_tree(self, src: bytes, dst: bytes) -> None:
         """Re-key *src* and everything below it to *dst* (after a rename on disk)."""
-        pre = src + b"/"
-        moved = {dst + k[len(src) :]: v for k, v in self.kinds.items() if k.startswith(pre)}
-        for k in [k for k in self.kinds if k.startswith(pre)]:
-            del self.kinds[k]
-        kind = self.kinds.pop(src, None)
-        self.drop_tree(dst)
-        if kind is not None:
-            self.kinds[dst] = kind
-        self.kinds.update(moved)
+        self.kinds.move_tree(src, dst)
 
     def subtree(self, path: bytes) -> Iterator[tuple[bytes, int]]:
-        pre = path + b"/"
-        for k, v in list(self.kinds.items()):
-            if k.startswith(pre):
-                yield k, v
+        """The entries below *path* (costs what is below it)."""
+        return self.kinds.subtree(path)
 
     # -- markers -------------------------------------------------------------------------------
     def add_whiteout(self, path: bytes) -> None:
         parent, name = _split(path)
         self.wh.whiteout(self.real(parent), name)
-        self.kinds[path] = K_WH
+        self.kinds.set(path, K_WH)
 
     def clear_whiteout(self, path: bytes) -> None:
         """Remove a whiteout recorded at *path* (no-op if none)."""
         if self.kinds.get(path) == K_WH:
             parent, name = _split(path)
             self.wh.remove_whiteout(self.real(parent), name)
-            del self.kinds[path]
+            self.kinds.drop(path)
 
     def make_opaque(self, path: bytes) -> None:
         self.wh.make_opaque(self.real(path))
-        self.kinds[path] = K_OPQ
+        self.kinds.set(path, K_OPQ)
 
     def clear_markers(self, path: bytes) -> None:
         """Remove whiteouts/opaque markers inside the upper dir *path* (which must hold nothing else)."""
@@ -186,8 +176,10 @@ class Upper:
             st = os.lstat(p)
             if n.startswith(WH_PREFIX) or is_whiteout_stat(st):
                 os.unlink(p)
-        for k, _v in list(self.subtree(path)):
-            del self.kinds[k]
+        kind = self.kinds.get(path)
+        self.kinds.drop_tree(path)
+        if kind is not None:
+            self.kinds.set(path, kind)
 
 
 def _split(path: bytes) -> tuple[bytes, bytes]:

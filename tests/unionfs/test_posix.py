@@ -231,15 +231,13 @@ def test_server_killed_during_copy_up(tmp_path: Path, mounts) -> None:
     for delay in (0.0, 0.02, 0.1):
         pid = mount(spec, m)
         mounts.add(m)
-        result: list = []
 
         def append() -> None:
             try:
                 with open(m / "big", "ab") as f:
                     f.write(b"tail")
-                result.append("done")
-            except OSError as e:
-                result.append(e.errno)
+            except OSError:
+                pass  # (the server died under it: expected)
 
         t = threading.Thread(target=append, daemon=True)
         t.start()
