@@ -25,7 +25,7 @@ from unionfs.changes import iter_changes
 from unionfs.mount import MountSpec, mount, unmount
 
 from .conftest import needs_fuse
-from .helpers import Mounts, apply_changes, build_layer, snapshot
+from .helpers import Mounts, apply_changes, build_layer, identity, lineage, snapshot
 
 NAMES = ["a", "b", "c"]
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
@@ -192,11 +192,15 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
         m.add(base / "sm")
         before = snapshot(base / "sm")
         assert before == snapshot(base / "km", kernel=True), "initial views differ"
+        ids = identity(base / "sm"), identity(base / "km")
         for op in sequence:
             rs, rk = apply(base / "sm", op), apply(base / "km", op)
             assert (op, os.strerror(rs) if rs else "ok") == (op, os.strerror(rk) if rk else "ok")
         expected = snapshot(base / "km", kernel=True)
         assert snapshot(base / "sm") == expected
+        # which entries are still the inodes they were (copy-up, rename, link), with their mtimes
+        ids_after = identity(base / "sm")
+        assert lineage(ids[0], ids_after) == lineage(ids[1], identity(base / "km")), "inode identity differs"
         unmount(base / "sm")
         # the change list, applied to the lower view, gives the merged view
         changed = apply_changes(before, iter_changes(oci, base / "su"))
@@ -205,6 +209,8 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
         }, "iter_changes() does not reproduce the merged tree"
         watchdog(mount(spec, base / "sm"))
         assert snapshot(base / "sm") == expected, "view changed across a remount"
+        if use_index:  # (--no-index numbers lower entries in the order they are looked up)
+            assert identity(base / "sm") == ids_after, "inode numbers or mtimes changed across a remount"
     finally:
         for t in timers:
             t.cancel()
