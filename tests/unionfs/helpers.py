@@ -81,7 +81,11 @@ def record(p: str | Path, st: os.stat_result | None = None) -> dict:
     if not stat.S_ISDIR(st.st_mode):
         rec["nlink"] = st.st_nlink
     if not stat.S_ISLNK(st.st_mode):
-        rec["xattrs"] = {n: os.getxattr(p, n) for n in sorted(os.listxattr(p)) if n.startswith("user.")}
+        # every xattr the merged view shows (security.capability and ACLs too); the overlays' own
+        # (inode origins, opaque markers) never show through a mount, but do in the layers
+        own = ("trusted.overlay.", "trusted.strata.", "user.strata.")
+        names = [n for n in sorted(os.listxattr(p)) if not n.startswith(own)]
+        rec["xattrs"] = {n: os.getxattr(p, n) for n in names}
     return rec
 
 

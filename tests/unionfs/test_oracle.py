@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -33,6 +34,10 @@ modes = st.sampled_from([0o644, 0o600, 0o755, 0o700, 0o4755, 0o1777])
 xnames = st.sampled_from(["user.x", "user.y"])
 targets = st.sampled_from(["a", "../b", "/nowhere", "c/a"])
 
+# file capabilities (VFS_CAP_REVISION_2, effective: cap_net_bind_service) and an access ACL (u::rw-,
+# g::r--, o::---), both in the kernel's xattr formats: values the kernel accepts on any filesystem
+CAP_NET_BIND = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
+ACL_640 = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, 0xFFFFFFFF) for t, p in ((1, 6), (4, 4), (0x20, 0)))
 files = st.tuples(st.just("file"), paths, st.binary(max_size=24), modes)
 entries = st.one_of(
     files,
@@ -66,6 +71,8 @@ def op_strategy(candidates: list[str]):
         st.tuples(st.just("mkdir"), p, modes),
         st.tuples(st.just("symlink"), p, targets),
         st.tuples(st.just("setxattr"), p, xnames, st.binary(max_size=6)),
+        st.tuples(st.just("setxattr"), p, st.just("security.capability"), st.just(CAP_NET_BIND)),
+        st.tuples(st.just("setxattr"), p, st.just("system.posix_acl_access"), st.just(ACL_640)),
         st.tuples(st.just("removexattr"), p, xnames),
     )
 
