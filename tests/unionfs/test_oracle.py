@@ -160,11 +160,42 @@ def apply(root: Path, op: tuple) -> int:
     return 0
 
 
+def apply_as(root: Path, op: tuple, uid: int) -> int:
+    """:func:`apply` as user *uid* (group *uid*, no supplementary groups), in a child process."""
+    if uid == 0:
+        return apply(root, op)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = -1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            code = apply(root, op)
+        finally:
+            os.write(w, b"%d" % code)
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return int(out)
+
+
 CASE_TIMEOUT = 120.0
 
 
-def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = True, wh_files: bool = False) -> None:
-    """*wh_files*: strata writes ``.wh.`` whiteout files instead of char devices to its upper."""
+def run_case(
+    stack: list[list[tuple]],
+    sequence: list[tuple],
+    use_index: bool = True,
+    wh_files: bool = False,
+    uids: list[int] | None = None,
+) -> None:
+    """*wh_files*: strata writes ``.wh.`` whiteout files instead of char devices to its upper.
+    *uids*: the user each operation runs as (default: root); strata is mounted allow_other."""
     timers: list[threading.Timer] = []
 
     def watchdog(pid: int | None) -> None:
@@ -175,6 +206,7 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
         timers.append(t)
 
     base = Path(tempfile.mkdtemp(prefix="strata-oracle-", dir="/var/tmp"))
+    os.chmod(base, 0o755)
     m = Mounts()
     try:
         oci, kern = [], []
@@ -189,7 +221,7 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
             (base / d).mkdir()
             os.chmod(base / d, 0o755)
         m.kernel_overlay(kern, base / "ku", base / "kw", base / "km")
-        spec = MountSpec(oci, base / "su", base / "sw", use_index=use_index)
+        spec = MountSpec(oci, base / "su", base / "sw", use_index=use_index, allow_other=uids is not None)
         if wh_files:
             os.environ["FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT"] = "1"
         try:
@@ -200,9 +232,9 @@ def run_case(stack: list[list[tuple]], sequence: list[tuple], use_index: bool = 
         before = snapshot(base / "sm")
         assert before == snapshot(base / "km", kernel=True), "initial views differ"
         ids = identity(base / "sm"), identity(base / "km")
-        for op in sequence:
-            rs, rk = apply(base / "sm", op), apply(base / "km", op)
-            assert (op, os.strerror(rs) if rs else "ok") == (op, os.strerror(rk) if rk else "ok")
+        for op, uid in zip(sequence, uids or [0] * len(sequence), strict=True):
+            rs, rk = apply_as(base / "sm", op, uid), apply_as(base / "km", op, uid)
+            assert (op, uid, os.strerror(rs) if rs else "ok") == (op, uid, os.strerror(rk) if rk else "ok")
         expected = snapshot(base / "km", kernel=True)
         assert snapshot(base / "sm") == expected
         # which entries are still the inodes they were (copy-up, rename, link), with their mtimes
@@ -245,6 +277,14 @@ def test_noindex_matches_kernel_overlayfs(stack, data):
 @given(stack=layer_stacks, data=st.data())
 def test_wh_file_upper_matches_kernel_overlayfs(stack, data):
     run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=14)), wh_files=True)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(stack=layer_stacks, data=st.data())
+def test_non_root_matches_kernel_overlayfs(stack, data):
+    """Operations as root and as uid 1 (EACCES paths, copy-up of another user's file, allow_other)."""
+    seq = data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=14))
+    run_case(stack, seq, uids=data.draw(st.lists(st.sampled_from([0, 1, 1]), min_size=len(seq), max_size=len(seq))))
 
 
 @pytest.mark.slow
