@@ -74,6 +74,8 @@ def op_strategy(candidates: list[str]):
         st.tuples(st.just("setxattr"), p, st.just("security.capability"), st.just(CAP_NET_BIND)),
         st.tuples(st.just("setxattr"), p, st.just("system.posix_acl_access"), st.just(ACL_640)),
         st.tuples(st.just("removexattr"), p, xnames),
+        # a descriptor held across an unlink (None) or a rename of its file, then written and read
+        st.tuples(st.just("held"), p, st.one_of(st.none(), p), st.binary(min_size=1, max_size=8)),
     )
 
 
@@ -110,10 +112,22 @@ def _rm_children(path: str) -> None:
             os.unlink(p)
 
 
-def apply(root: Path, op: tuple) -> int:
-    """Run one operation under *root*; return 0 or the errno it failed with."""
+def apply(root: Path, op: tuple) -> int | tuple:
+    """Run one operation under *root*; return 0 or the errno it failed with (or what it saw)."""
     kind, path = op[0], str(root / op[1])
     try:
+        if kind == "held":
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+            try:
+                if op[2] is None:
+                    os.unlink(path)
+                else:
+                    _renameat2(path, str(root / op[2]), 0)
+                os.pwrite(fd, op[3], 2)
+                st = os.fstat(fd)
+                return (st.st_size, st.st_nlink, stat.S_IMODE(st.st_mode), os.pread(fd, 64, 0))
+            finally:
+                os.close(fd)
         if kind == "write":
             fl = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | (os.O_APPEND if op[3] else os.O_TRUNC)
             fd = os.open(path, fl, 0o644)
@@ -173,15 +187,20 @@ def apply_as(root: Path, op: tuple, uid: int) -> int:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
-            code = apply(root, op)
+            got = apply(root, op)
+            code = b"%d" % got if isinstance(got, int) else repr(got).encode()
         finally:
-            os.write(w, b"%d" % code)
+            os.write(w, code if isinstance(code, bytes) else b"%d" % code)
             os._exit(0)
     os.close(w)
     with os.fdopen(r, "rb") as f:
         out = f.read()
     os.waitpid(pid, 0)
-    return int(out)
+    return int(out) if out.lstrip(b"-").isdigit() else out
+
+
+def _said(r: int | tuple | bytes) -> object:
+    return r if not isinstance(r, int) else (os.strerror(r) if r else "ok")
 
 
 CASE_TIMEOUT = 120.0
@@ -234,7 +253,7 @@ def run_case(
         ids = identity(base / "sm"), identity(base / "km")
         for op, uid in zip(sequence, uids or [0] * len(sequence), strict=True):
             rs, rk = apply_as(base / "sm", op, uid), apply_as(base / "km", op, uid)
-            assert (op, uid, os.strerror(rs) if rs else "ok") == (op, uid, os.strerror(rk) if rk else "ok")
+            assert (op, uid, _said(rs)) == (op, uid, _said(rk))
         expected = snapshot(base / "km", kernel=True)
         assert snapshot(base / "sm") == expected
         # which entries are still the inodes they were (copy-up, rename, link), with their mtimes
