@@ -218,7 +218,8 @@ class CopyUp:
             if q in node.paths[-1:] or up.kind(q) is not None or t.lower_at(q) != e:
                 continue
             self.ensure_dir_path(dirname(q))
-            os.link(dst, up.real(q))
+            with self._parent_times(q):
+                os.link(dst, up.real(q))
             up.set(q, K_FILE)
             t.add_path(node, q)
             node.paths.insert(0, node.paths.pop())  # (the path asked for stays the newest)
