@@ -20,7 +20,13 @@ fi
 modprobe fuse 2>/dev/null || true
 modprobe overlay 2>/dev/null || true
 
-PYTHON=${PYTHON:-python3}
+# Debian's own interpreter, the one users have: not a newer one that happens to be first on PATH
+PYTHON=${PYTHON:-/usr/bin/python3}
+pyver() { "$1" -c 'import sys; print(sys.version.split()[0])'; }
+if [ -x .venv/bin/python ] && [ "$(pyver .venv/bin/python)" != "$(pyver "$PYTHON")" ]; then
+    echo "setup: .venv runs Python $(pyver .venv/bin/python), not $PYTHON's $(pyver "$PYTHON"): making it again" >&2
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
