@@ -79,8 +79,9 @@ class MergedTree:
             for p in node.paths:
                 cur.add_path(p)
             cur.upper, cur.lower = node.upper, node.lower
-        for p in cur.paths:
-            self.at[p] = cur
+        if self.up is not None:  # (only renames read the path index, and a read-only mount has none)
+            for p in cur.paths:
+                self.at[p] = cur
         cur.nlookup += 1
         return cur
 
