@@ -271,6 +271,25 @@ class _TarSink:
         self.tar.addfile(info, f)
 
 
+class _DirSink(_TarSink):
+    """The same entries as files below a directory (an OCI layout written in place, no tar between)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.written = set()
+
+    def add_file(self, name: str, f: BinaryIO, size: int) -> None:
+        if name in self.written:
+            return
+        self.written.add(name)
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as out:
+            shutil.copyfileobj(f, out, dg.CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+
+
 def _write_layout(sink: _TarSink, index: list[dict]) -> None:
     sink.add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
     sink.add_bytes(
@@ -313,12 +332,13 @@ def _display_tags(store: Store, record: ImageRecord, asked: str) -> list[referen
     return store.tags_of(record.id)
 
 
+def _chosen(store: Store, names: list[str]) -> list[tuple[ImageRecord, list[reference.Reference]]]:
+    return [(record, _display_tags(store, record, name)) for name in names for record in [store.resolve(name)]]
+
+
 def save(store: Store, names: list[str], out: BinaryIO, fmt: str = "docker") -> None:
     """Write the images named as one archive: Docker's format (OCI layout + manifest.json) or OCI."""
-    chosen: list[tuple[ImageRecord, list[reference.Reference]]] = []
-    for name in names:
-        record = store.resolve(name)
-        chosen.append((record, _display_tags(store, record, name)))
+    chosen = _chosen(store, names)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         sink = _TarSink(tar)
         if fmt == "docker":
@@ -385,14 +405,11 @@ def save_to_dir(store: Store, names: list[str], target: Path) -> None:
     """Write an OCI layout directory (made in a temporary sibling, renamed into place)."""
     if target.exists():
         raise InvalidInput(f"{target} already exists")
+    chosen = _chosen(store, names)  # (an unknown name fails before anything is written)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        spool = work / ".layout.tar"
-        with open(spool, "wb") as f:
-            save(store, names, f, "oci")
-        with tarfile.open(spool) as tar:
-            tar.extractall(work, filter="data")
-        spool.unlink()
+        _write_oci(store, chosen, _DirSink(work))
+        os.chmod(work, 0o755)  # (mkdtemp makes it 0700)
         os.rename(work, target)
     except (StoreError, OSError):
         shutil.rmtree(work, ignore_errors=True)
