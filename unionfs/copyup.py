@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from .libc import RENAME_NOREPLACE, renameat2
 from .merged import MergedTree
 from .node import Node, dirname
-from .upper import K_DIR, K_FILE, K_OPQ
+from .upper import K_DIR, K_FILE, K_OPQ, remove_any
 from .whiteout import is_private_xattr
 
 
@@ -140,7 +140,7 @@ class CopyUp:
                 except FileExistsError:  # (an empty directory the upper's map did not know)
                     os.rmdir(tmp)
         except BaseException:
-            _remove(tmp)
+            remove_any(tmp)
             raise
         up.set(path, K_DIR)
         if e >= 0:
@@ -198,7 +198,7 @@ class CopyUp:
                     with self._parent_times(path):
                         os.rename(tmp, dst)
                 except BaseException:
-                    _remove(tmp)
+                    remove_any(tmp)
                     raise
                 up.set(path, K_FILE)
                 t.umap[os.lstat(dst).st_ino] = node.ino
@@ -246,14 +246,3 @@ class CopyUp:
             await self.materialize(node)
         else:
             await self.copy_up(node)
-
-
-def _remove(tmp: bytes) -> None:
-    """Remove a copy-up's temporary file or directory, if it is there."""
-    try:
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            os.rmdir(tmp)
-        else:
-            os.unlink(tmp)
-    except FileNotFoundError:
-        pass

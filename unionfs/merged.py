@@ -327,4 +327,4 @@ class MergedTree:
         return self.ref(Node(ino, path, -1, True, kind != K_FILE))
 
 
-__all__ = ["K_DIR", "MergedTree", "NEW_INO_BASE", "LOWER_TIMEOUT", "fuse_error"]
+__all__ = ["MergedTree", "NEW_INO_BASE", "LOWER_TIMEOUT", "fuse_error"]

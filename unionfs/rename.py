@@ -114,4 +114,4 @@ def exchange(
             n.lower = -1
 
 
-__all__ = ["K_DIR", "check", "exchange", "in_upper", "rename"]
+__all__ = ["check", "exchange", "in_upper", "rename"]

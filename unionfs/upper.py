@@ -55,7 +55,7 @@ class Upper:
                 self.tmpdir = w
                 for n in os.listdir(w):
                     if n.startswith(b"tmp-"):
-                        _remove_any(os.path.join(w, n))
+                        remove_any(os.path.join(w, n))
         probe_in = self.tmpdir or self.root
         self.wh = WhiteoutWriter(probe_kernel_whiteouts(probe_in))
         # trusted.* needs CAP_SYS_ADMIN; without it (rootless) the user namespace holds the origin
@@ -116,7 +116,7 @@ class Upper:
                     p = pre + b"/" + name
                     if name.startswith(WH_PREFIX):
                         if name.startswith(TMP_PREFIX):
-                            _remove_any(de.path)
+                            remove_any(de.path)
                         elif name != OPAQUE_NAME:
                             q = pre + b"/" + name[4:]
                             if q not in self.kinds:
@@ -187,7 +187,8 @@ def _split(path: bytes) -> tuple[bytes, bytes]:
     return parent or b"/", name
 
 
-def _remove_any(p: bytes) -> None:
+def remove_any(p: bytes) -> None:
+    """Remove a file or a directory tree, if it is there (cleanup: errors are not the caller's)."""
     try:
         if os.path.isdir(p) and not os.path.islink(p):
             import shutil
