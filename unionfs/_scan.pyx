@@ -66,35 +66,40 @@ cdef inline int64_t ns(timespec t) nogil:
     return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
 
 
-cdef bint opaque_xattr(int fd, const char *path) except -1:
-    """One of the opaque xattrs set to "y" (whiteout.has_opaque_xattr), read through *fd* if >= 0."""
+cdef int dir_xattrs(int fd, const char *path) except -1:
+    """1 if one of the opaque xattrs is set to "y" (whiteout.has_opaque_xattr), plus 2 if a redirect
+    xattr is there; read through *fd* if >= 0."""
     cdef char names[4096]
     cdef char value[2]
     cdef ssize_t n, got
     cdef size_t off = 0
     cdef const char *name
+    cdef int flags = 0
     n = flistxattr(fd, names, sizeof(names)) if fd >= 0 else llistxattr(path, names, sizeof(names))
     if n <= 0:
-        return n < 0 and errno == ERANGE and opaque_xattr_slow(path)  # ERANGE: more names than fit
+        return dir_xattrs_slow(path) if n < 0 and errno == ERANGE else 0  # ERANGE: more names than fit
     while off < <size_t>n:
         name = names + off
         if <bytes>name in OPAQUE_C:
             got = fgetxattr(fd, name, value, 2) if fd >= 0 else lgetxattr(path, name, value, 2)
             if got == 1 and value[0] == b"y":
-                return True
+                flags |= 1
+        elif <bytes>name in REDIRECT_C:
+            flags |= 2
         off += strlen(name) + 1
-    return False
+    return flags
 
 
-cdef bint opaque_xattr_slow(const char *path) except -1:
-    return has_opaque_xattr(path)
+cdef int dir_xattrs_slow(const char *path) except -1:
+    return has_opaque_xattr(path) | (2 if read_redirect(path, b"/") is not None else 0)
 
 
-from .whiteout import OPAQUE_NAME, OPAQUE_XATTRS, WH_PREFIX, has_opaque_xattr
+from .whiteout import OPAQUE_NAME, OPAQUE_XATTRS, REDIRECT_XATTRS, WH_PREFIX, has_opaque_xattr, read_redirect
 
 assert WH_PREFIX == b".wh."  # what the listing loop compares, in C
 
 cdef frozenset OPAQUE_C = frozenset(OPAQUE_XATTRS)
+cdef frozenset REDIRECT_C = frozenset(REDIRECT_XATTRS)
 cdef bytes OPQ = OPAQUE_NAME[len(WH_PREFIX):]
 
 
@@ -106,6 +111,7 @@ def scan_state(bytes root):
     cdef list queue = [root]
     cdef bytearray opaque = bytearray()
     cdef dict whiteouts = {}
+    cdef dict redirects = {}
     cdef Py_ssize_t d = 0, k, n, j
     cdef int fd, fmt
     cdef DIR *dirp
@@ -115,6 +121,7 @@ def scan_state(bytes root):
     cdef int32_t s32
     cdef uint64_t u64
     cdef bint opq
+    cdef int marks
     cdef bytes path, pre, name
     cdef list listed, wh, keep
     meta.data = sub.data = ino.data = start.data = count.data = first_sub.data = row_of.data = sts.data = NULL
@@ -168,8 +175,12 @@ def scan_state(bytes root):
                         wh.append(listed[k])
                     elif keep is not None:
                         keep.append(k)
-                if not opq:
-                    opq = opaque_xattr(fd, path)
+                marks = dir_xattrs(fd, path)
+                opq = opq or (marks & 1)
+                if marks & 2:
+                    target = read_redirect(path, path[len(root):] or b"/")
+                    if target is not None:
+                        redirects[d] = target
             finally:
                 if dirp != NULL:
                     closedir(dirp)
@@ -219,6 +230,7 @@ def scan_state(bytes root):
             take(&row_of),
             bytes(opaque),
             whiteouts,
+            redirects,
         )
     finally:
         free(meta.data); free(sub.data); free(ino.data); free(start.data)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from .index import load_or_build
 from .upper import TMP_PREFIX
-from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat, upper_is_opaque
+from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat, read_redirect, upper_is_opaque
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,28 @@ def iter_changes(lowers: list[Path], upper: Path, index_cache: Path | None = Non
 
     ``A``: the path does not exist in the lowers (as seen through the upper's opaque dirs), ``C``:
     it does, ``D``: a whiteout of a path that exists in the lowers.  Opaque directories carry
-    ``opaque=True``: everything the lowers have below them is deleted.
+    ``opaque=True``: everything the lowers have below them is deleted.  A directory renamed from
+    elsewhere (a redirect) is a new directory with everything it shows: what the upper holds below
+    it, and what its lower directory holds that the upper does not hide (``upper_path`` then names
+    the lower file).
     """
     idx = load_or_build(lowers, index_cache)
     root = os.fsencode(os.path.realpath(upper))
-    yield from _walk(idx, root, b"", -1 if upper_is_opaque(root) else 0)
+    yield from _walk(idx, root, b"", -1 if upper_is_opaque(root) else 0, False)
 
 
-def _walk(idx, real: bytes, path: bytes, lower: int) -> Iterator[Change]:
+def _lower_dir(idx, path: bytes) -> int:
+    e = 0
+    for c in path[1:].split(b"/") if path != b"/" else ():
+        e = idx.lookup(e, c)
+        if e < 0:
+            return -1
+    return e if idx.is_dir(e) else -1
+
+
+def _walk(idx, real: bytes, path: bytes, lower: int, moved: bool) -> Iterator[Change]:
+    """The changes below the upper directory *real* (merged *path*), which merges with lower entry
+    *lower*; *moved*: it lies in a redirected directory, where all it shows is new."""
     entries: dict[bytes, tuple[str, os.stat_result | None]] = {}
     with os.scandir(real) as it:
         for de in it:
@@ -45,21 +59,42 @@ def _walk(idx, real: bytes, path: bytes, lower: int) -> Iterator[Change]:
                 continue
             st = de.stat(follow_symlinks=False)
             entries[n] = ("wh" if is_whiteout_stat(st) else "real", st)
-    for name in sorted(entries):
-        what, st = entries[name]
+    shown = dict.fromkeys(entries)
+    if moved and lower >= 0:
+        shown.update((idx.name(e), e) for e in idx.children(lower) if idx.name(e) not in entries)
+    for name in sorted(shown):
         p = path + b"/" + name
-        e = idx.lookup(lower, name) if lower >= 0 else -1
         sp = os.fsdecode(p)
+        if name not in entries:  # shown from the lower directory of a redirected one
+            yield from _lower_tree(idx, shown[name], sp)
+            continue
+        what, st = entries[name]
+        e = idx.lookup(lower, name) if lower >= 0 else -1
         if what == "wh":
-            if e >= 0:
+            if e >= 0 and not moved:
                 yield Change(sp, "D", None)
             continue
         up = os.path.join(real, name)
         assert st is not None
+        kind: Literal["A", "C"] = "C" if e >= 0 and not moved else "A"
         if stat.S_ISDIR(st.st_mode):
             opq = upper_is_opaque(up)
-            yield Change(sp, "C" if e >= 0 else "A", Path(os.fsdecode(up)), opq)
+            target = None if opq else read_redirect(up, p)
+            if target is not None:
+                sub = _lower_dir(idx, target)
+                yield Change(sp, kind, Path(os.fsdecode(up)), e >= 0 and not moved)
+                yield from _walk(idx, up, p, sub, True)
+                continue
+            yield Change(sp, kind, Path(os.fsdecode(up)), opq)
             sub = e if (e >= 0 and idx.is_dir(e) and not opq) else -1
-            yield from _walk(idx, up, p, sub)
+            yield from _walk(idx, up, p, sub, moved)
         else:
-            yield Change(sp, "C" if e >= 0 else "A", Path(os.fsdecode(up)))
+            yield Change(sp, kind, Path(os.fsdecode(up)))
+
+
+def _lower_tree(idx, e: int, path: str) -> Iterator[Change]:
+    """Lower entry *e* and everything below it, added at *path*."""
+    yield Change(path, "A", Path(os.fsdecode(idx.real_path(e))))
+    if idx.is_dir(e):
+        for c in idx.children(e):
+            yield from _lower_tree(idx, c, path + "/" + os.fsdecode(idx.name(c)))

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from .libc import RENAME_NOREPLACE, renameat2
 from .merged import MergedTree
 from .node import Node, dirname
-from .upper import K_DIR, K_FILE, K_OPQ, remove_any
+from .upper import K_DIR, K_FILE, UPPER_DIRS, remove_any
 from .whiteout import is_private_xattr
 
 
@@ -121,7 +121,7 @@ class CopyUp:
         into place (a crash leaves the old state or the whole directory, never a wrong one)."""
         t = self.tree
         up = t.rw()
-        if up.kind(path) in (K_DIR, K_OPQ):
+        if up.kind(path) in UPPER_DIRS:
             return
         self.ensure_dir_path(dirname(path))
         e = t.lower_at(path)
@@ -224,6 +224,14 @@ class CopyUp:
             t.add_path(node, q)
             node.paths.insert(0, node.paths.pop())  # (the path asked for stays the newest)
 
+    def redirect(self, node: Node) -> bool:
+        """Make the directory *node* movable on its own: in the upper, merging with its lower
+        directory by a redirect (so that a rename moves it alone, as overlayfs's redirect_dir=on
+        does).  False where the upper cannot record a redirect."""
+        t = self.tree
+        self.ensure_dir(node)
+        return t.rw().set_redirect(node.path, t.lo.path(node.lower))
+
     async def materialize(self, node: Node) -> None:
         """Copy a directory's whole merged subtree into the upper and make it opaque."""
         t = self.tree
@@ -241,8 +249,10 @@ class CopyUp:
         node.lower = -1
 
     async def to_upper(self, node: Node) -> None:
-        """Bring *node* whole into the upper (a directory with its subtree)."""
+        """Bring *node* into the upper so that it can move (a directory by a redirect, or with its
+        subtree where the upper keeps no redirects)."""
         if node.isdir:
-            await self.materialize(node)
+            if not self.redirect(node):
+                await self.materialize(node)
         else:
             await self.copy_up(node)

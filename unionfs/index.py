@@ -36,14 +36,14 @@ import signal
 import stat
 import struct
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, chain, repeat
 from operator import add
 from pathlib import Path
 
 import xxhash
 
-from . import layertable, tablepack
+from . import layertable, redirect, tablepack
 from .layertable import META, META_BYTES, META_W, LayerTable, layer_key
 from .longpath import fit
 
@@ -58,12 +58,23 @@ _le32 = struct.Struct("<I").pack
 _xxh = xxhash.xxh64_intdigest
 
 Stat = tuple[int, int, int, int, int, int, int, int, int, int]
+Expand = Callable[[int, list[tuple[int, int]]], list[tuple[int, int]]]
 
 
 class Index:
     """Read-only view of a compiled index (built in memory or loaded from a file)."""
 
-    def __init__(self, lowers: Sequence[bytes], meta, links, name_off, names, table, key: bytes = b"") -> None:
+    def __init__(
+        self,
+        lowers: Sequence[bytes],
+        meta,
+        links,
+        name_off,
+        names,
+        table,
+        key: bytes = b"",
+        where: dict[tuple[int, int], bytes] | None = None,
+    ) -> None:
         self.lowers = list(lowers)
         self.meta = meta
         self.links = links
@@ -73,6 +84,8 @@ class Index:
         self.mask = len(table) - 1
         self.count = len(links) // LINK_W
         self.key = key
+        # (directory entry, layer) -> that layer's path of it, where a redirect put it elsewhere
+        self.where = where or {}
         self._mm: mmap.mmap | None = None
 
     # -- queries -------------------------------------------------------------------------------
@@ -134,9 +147,25 @@ class Index:
 
     def real_path(self, i: int) -> bytes:
         """Path of the file serving entry *i* inside its layer."""
-        p = self.path(i)
         root = self.lowers[self.layer(i)]
+        p = self._layer_path(i) if self.where else self.path(i)
         return root if p == b"/" else fit(root + p)
+
+    def _layer_path(self, i: int) -> bytes:
+        """Entry *i*'s path in its own layer: below the nearest ancestor that a redirect put elsewhere
+        in that layer, its merged path otherwise."""
+        if i == 0:
+            return b"/"
+        k = self.layer(i)
+        parts = [self.name(i)]
+        a = self.parent(i)
+        while a != 0:
+            t = self.where.get((a, k))
+            if t is not None:
+                return t.rstrip(b"/") + b"/" + b"/".join(reversed(parts))
+            parts.append(self.name(a))
+            a = self.parent(a)
+        return b"/" + b"/".join(reversed(parts))
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -378,7 +407,13 @@ def _build(
     if table_dir is not None and keys is None:
         keys = layer_keys(roots, stats, deep=False)
     tables = layer_tables(roots, table_dir, keys, jobs)
-    names, meta, links, hard_rows = merge(tables, array("q", root_meta).tobytes())
+    where: dict[tuple[int, int], bytes] = {}
+    if any(t.redirects for t in tables):  # (rare: a directory renamed in a lower layer)
+        typed = [t.typed() for t in tables]
+        expand, where = redirect.expander(typed)
+        names, meta, links, hard_rows = merge_python(typed, array("q", root_meta).tobytes(), expand)
+    else:
+        names, meta, links, hard_rows = merge(tables, array("q", root_meta).tobytes())
     hard: dict[tuple[int, int], int] = {}
     for i, ino in hard_rows:  # ascending: the first link in breadth-first order is canonical
         links[i * LINK_W + 2] = hard.setdefault((links[i * LINK_W + 1], ino), i)
@@ -386,13 +421,18 @@ def _build(
     name_off.extend(accumulate(map(len, names)))
     n = len(names)
     size = 1 << max(4, (2 * n - 1).bit_length())
-    return Index(roots, meta, links, name_off, b"".join(names), hash_table(names, links, size), key=key)
+    table = hash_table(names, links, size)
+    return Index(roots, meta, links, name_off, b"".join(names), table, key=key, where=where)
 
 
-def merge_python(tables: Sequence[LayerTable], root_meta: bytes) -> tuple[list[bytes], array, array, list]:
+def merge_python(
+    tables: Sequence[LayerTable], root_meta: bytes, expand: Expand | None = None
+) -> tuple[list[bytes], array, array, list]:
     """The merged view of *tables* (topmost first) in breadth-first order: ``(names, meta, links,
     hard_rows)``, with ``canon[i] == i`` in *links* and *hard_rows* the ``(entry, st_ino)`` of the
-    hard-link candidates.  The reference of the compiled :func:`merge`."""
+    hard-link candidates.  The reference of the compiled :func:`merge`, and the merge of layers
+    with redirected directories (*expand*: :func:`unionfs.redirect.expander`'s function, which
+    then decides each directory's contributors)."""
     tables = [t.typed() for t in tables]
     names: list[bytes] = [b""]
     parents: list[int] = [0]
@@ -405,6 +445,8 @@ def merge_python(tables: Sequence[LayerTable], root_meta: bytes) -> tuple[list[b
     # (entry, its contributors: (layer, directory number in that layer's table), topmost first)
     queue: list[tuple[int, list[tuple[int, int]]]] = [(0, [(k, 0) for k in range(len(tables))])] if tables else []
     for entry, contrib in queue:  # the queue grows while it is walked: breadth-first order
+        if expand is not None:
+            contrib = expand(entry, contrib)
         first = len(names)
         if len(contrib) == 1:
             k, d = contrib[0]
@@ -422,7 +464,7 @@ def merge_python(tables: Sequence[LayerTable], root_meta: bytes) -> tuple[list[b
             hard_rows += [(j + delta, ino[j]) for j in range(s, e) if ino[j]]
         else:
             for i, (k, d) in enumerate(contrib):
-                if tables[k].opaque[d]:  # nothing below an opaque directory shows
+                if expand is None and tables[k].opaque[d]:  # nothing below an opaque directory shows
                     contrib = contrib[: i + 1]
                     break
             # bottom layer up, so that dict.update (in C) lets each layer override the ones below:
@@ -560,6 +602,8 @@ def load_or_build(
     if idx is not None:
         return idx
     idx = _build(roots, stats, key, None, Path(cache).parent / TABLE_DIR, keys)
+    if idx.where:
+        return idx  # (the file format keeps no redirects: such a rare stack is merged at each mount)
     try:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         sweep_temporaries(Path(cache).parent)

@@ -7,7 +7,8 @@ sorted by name, in rows ``start[d] .. start[d] + count[d]``; row *j* is a subdir
 ``sub[j] >= 0`` (its directory number), and ``ino[j]`` is nonzero only for a non-directory with
 more than one link (the hard-link candidates). Whiteout markers and kernel-form whiteouts are not
 rows: they are each directory's ``whiteouts``, and ``.wh..wh..opq`` or an opaque xattr set
-``opaque``.  Tables are kept by :mod:`unionfs.tablepack`, as :func:`encode` writes them.
+``opaque``; a directory renamed from elsewhere (a redirect xattr) has its lower path, absolute in
+the layer's namespace, in ``redirects``.  Tables are kept by :mod:`unionfs.tablepack`, as :func:`encode` writes them.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from operator import attrgetter
 
 import xxhash
 
-from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr
+from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr, read_redirect
 
 META_W = 10
 META_BYTES = 8 * META_W
-VERSION = 3
+VERSION = 4
 META = attrgetter(
     "st_mode",
     "st_nlink",
@@ -51,9 +52,21 @@ FD_FROM = 4  # entries from which a directory is opened to stat them relative to
 class LayerTable:
     """Every directory of one layer: children's names, meta rows, subdirectories, whiteouts."""
 
-    __slots__ = ("names", "meta", "sub", "ino", "start", "count", "first_sub", "row_of", "opaque", "whiteouts")
+    __slots__ = (
+        "names",
+        "meta",
+        "sub",
+        "ino",
+        "start",
+        "count",
+        "first_sub",
+        "row_of",
+        "opaque",
+        "whiteouts",
+        "redirects",
+    )
 
-    def __init__(self, names, meta, sub, ino, start, count, first_sub, row_of, opaque, whiteouts) -> None:
+    def __init__(self, names, meta, sub, ino, start, count, first_sub, row_of, opaque, whiteouts, redirects) -> None:
         # the columns as any buffers (a scan's arrays or bytes, a loaded table's bytes), taken as
         # they are: the compiled merge reads them directly, and Python indexes a typed() copy
         self.names: list[bytes] = names
@@ -68,6 +81,7 @@ class LayerTable:
         self.row_of = row_of
         self.opaque: bytes = opaque
         self.whiteouts: dict[int, list[bytes]] = whiteouts
+        self.redirects: dict[int, bytes] = redirects
 
     def typed(self) -> LayerTable:
         """This table with its columns as memoryviews of their types, for indexing in Python (meta
@@ -87,13 +101,14 @@ class LayerTable:
             view(self.row_of, "I"),
             self.opaque,
             self.whiteouts,
+            self.redirects,
         )
 
     def state(self) -> tuple:
         """A marshal-able form (also what a scanning helper process sends back): ``LayerTable(*state)``
         is the table again."""
         cols = (self.meta, self.sub, self.ino, self.start, self.count, self.first_sub, self.row_of)
-        return (self.names, *map(bytes, cols), self.opaque, self.whiteouts)
+        return (self.names, *map(bytes, cols), self.opaque, self.whiteouts, self.redirects)
 
 
 def encode(table: LayerTable, root: bytes, key: bytes) -> bytes:
@@ -138,6 +153,7 @@ def scan_python(root: bytes) -> LayerTable:
     row_of = array("I", [0])
     opaque = bytearray()
     whiteouts: dict[int, list[bytes]] = {}
+    redirects: dict[int, bytes] = {}
     queue = [root]
     lstat = os.lstat
     for d, path in enumerate(queue):  # grows while walked
@@ -174,6 +190,9 @@ def scan_python(root: bytes) -> LayerTable:
         start.append(len(names))
         count.append(len(listed))
         opaque.append(opq or has_opaque_xattr(path))
+        target = read_redirect(path, path[len(root) :] or b"/")
+        if target is not None:
+            redirects[d] = target
         if wh:
             whiteouts[d] = wh
         first_sub.append(len(queue))
@@ -188,7 +207,7 @@ def scan_python(root: bytes) -> LayerTable:
         meta.fromlist(list(chain.from_iterable(map(META, sts))))
         ino.fromlist([st.st_ino if st.st_nlink > 1 and f != _IFDIR else 0 for st, f in zip(sts, fmts, strict=True)])
     first_sub.append(len(queue))
-    return LayerTable(names, meta, sub, ino, start, count, first_sub, row_of, bytes(opaque), whiteouts)
+    return LayerTable(names, meta, sub, ino, start, count, first_sub, row_of, bytes(opaque), whiteouts, redirects)
 
 
 try:

@@ -18,7 +18,7 @@ from typing import Any
 import pyfuse3
 
 from .node import Node, dirname, join
-from .upper import K_DIR, K_FILE, K_OPQ, K_WH, Upper
+from .upper import K_DIR, K_FILE, K_OPQ, K_RDR, K_WH, Upper
 from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat
 
 NEW_INO_BASE = 1 << 32
@@ -121,11 +121,27 @@ class MergedTree:
             e = self.lo.lookup(e, c)
             if i < len(comps) - 1 and self.up is not None:
                 k = self.up.kind(cur)
-                if k in (K_WH, K_FILE, K_OPQ):
+                if k == K_RDR:
+                    e = self.redirected(cur)
+                elif k in (K_WH, K_FILE, K_OPQ):
                     return -1
                 if e >= 0 and not self.lo.is_dir(e):
                     return -1
         return e
+
+    def lower_entry(self, path: bytes) -> int:
+        """The lower directory at lower path *path* (the upper not consulted), or -1."""
+        e = 0
+        for c in path[1:].split(b"/") if path != b"/" else ():
+            e = self.lo.lookup(e, c)
+            if e < 0:
+                return -1
+        return e if self.lo.is_dir(e) else -1
+
+    def redirected(self, path: bytes) -> int:
+        """The lower directory that the redirected upper directory *path* merges with, or -1."""
+        target = self.up.redirect(path)  # type: ignore[union-attr]
+        return self.lower_entry(target) if target is not None else -1
 
     def resolve(self, parent: Node, name: bytes, lo: int | None = None) -> tuple[Node, os.stat_result | None]:
         """The node at *name* in directory *parent* (not yet referenced) or ENOENT."""
@@ -153,7 +169,12 @@ class MergedTree:
             raise fuse_error(errno.ENOENT) from None
         isdir = stat.S_ISDIR(st.st_mode)
         ino = self.upper_ino(real, st)
-        lower = lo if (isdir and k == K_DIR and lo >= 0 and self.lo.is_dir(lo)) else (-1 if isdir else lo)
+        if not isdir:
+            lower = lo
+        elif k == K_RDR:
+            lower = self.redirected(path)
+        else:
+            lower = lo if (k == K_DIR and lo >= 0 and self.lo.is_dir(lo)) else -1
         node = self.nodes.get(ino)
         if node is None:
             return Node(ino, path, lower, True, isdir), st
@@ -290,15 +311,16 @@ class MergedTree:
             self._groups = groups
         return self._groups.get(self.lo.ino(entry), [])
 
-    def move_paths(self, src: bytes, dst: bytes, isdir: bool) -> None:
-        """Re-path the cached nodes at *src* (and, for a directory, below it) to *dst*.
+    def move_paths(self, src: bytes, dst: bytes, node: Node) -> None:
+        """Re-path the cached nodes at *src* (and, for the directory *node*, below it) to *dst*.
 
-        Call it before the upper's map moves: a directory is moved only once its whole subtree
-        is in the upper, so the map lists every path below it; the cost is that subtree's.
+        Call it before the upper's map moves.  Below a directory, the nodes are found by the
+        upper's map and the lower subtree; the cost is that subtree's, or the cache's if smaller.
         """
         moved = [src]
-        if isdir:
+        if node.isdir:
             moved += [p for p, _ in self.up.subtree(src)]  # type: ignore[union-attr]
+            moved += self._cached_below(src, node.lower)
         landed = []
         for p in moved:
             n = self.at.pop(p, None)
@@ -306,13 +328,29 @@ class MergedTree:
                 continue
             q = dst + p[len(src) :]
             n.paths[n.paths.index(p)] = q
-            if p != src:
-                n.upper = True
-                if n.isdir:
-                    n.lower = -1
             landed.append((q, n))
         for q, n in landed:
             self.at[q] = n
+
+    def _cached_below(self, path: bytes, lower: int) -> list[bytes]:
+        """The paths of cached nodes that lower directory *lower*, merged at *path*, reaches below it."""
+        pre = path + b"/"
+        budget = len(self.at)
+        lo, at = self.lo, self.at
+        found: list[bytes] = []
+        stack = [(lower, pre)] if lower >= 0 else []
+        while stack:
+            e, p = stack.pop()
+            for c in lo.children(e):
+                budget -= 1
+                if budget < 0:  # the lower holds more here than the cache: look through the cache
+                    return [q for q in at if q.startswith(pre)]
+                q = p + lo.name(c)
+                if q in at:
+                    found.append(q)
+                if lo.is_dir(c):
+                    stack.append((c, q + b"/"))
+        return found
 
     def forget_upper(self, st: os.stat_result, ino: int) -> None:
         """The upper file *st* of inode *ino* lost a link: forget its inode with its last link."""

@@ -24,7 +24,7 @@ from .copyup import CopyUp
 from .libc import RENAME_EXCHANGE, RENAME_NOREPLACE, fallocate
 from .merged import LOWER_TIMEOUT, MergedTree, fuse_error
 from .node import Node, join
-from .upper import K_DIR, K_FILE, K_OPQ, K_WH, Upper
+from .upper import K_DIR, K_FILE, K_OPQ, K_WH, UPPER_DIRS, Upper
 from .whiteout import WH_PREFIX, is_private_xattr
 
 # Kernel-cached listings, skipped opens and fallocate need the pyfuse3 that scripts/setup.sh
@@ -56,6 +56,13 @@ def _fuse_errors(fn: Callable) -> Callable:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def _acl_changed(inode: int, name: bytes) -> None:
+    """An access ACL sets the mode bits too: the kernel's cached mode, which its permission checks
+    read, must go (attributes only: nothing that waits on this request's locks)."""
+    if name == b"system.posix_acl_access":
+        pyfuse3.invalidate_inode(inode, attr_only=True)
 
 
 def _nofollow(at: bytes | int) -> dict[str, bool]:
@@ -453,7 +460,7 @@ class UnionOperations(pyfuse3.Operations):
         path = join(parent.path, name)
         below = self.t.lower_child(parent, name) >= 0
         self.cu.ensure_dir(parent)
-        if up.kind(path) in (K_DIR, K_OPQ):
+        if up.kind(path) in UPPER_DIRS:
             real = up.real(path)
             up.clear_markers(path)
             for n in os.listdir(real):  # e.g. an opaque marker file
@@ -491,7 +498,7 @@ class UnionOperations(pyfuse3.Operations):
             if not renames.check(self.t, po, name_old, src, pn, name_new, dst, flags):
                 return
             moving = [src, dst] if flags & RENAME_EXCHANGE else [src]
-            pending = [n for n in moving if n is not None and not renames.in_upper(n)]
+            pending = [n for n in moving if n is not None and not renames.in_upper(self.t, n)]
             if not pending:
                 break
             for n in pending:
@@ -535,6 +542,7 @@ class UnionOperations(pyfuse3.Operations):
             raise fuse_error(errno.EPERM)
         at = await self._xattr_prepare(inode)
         os.setxattr(at, name, value, **_nofollow(at))
+        _acl_changed(inode, name)
 
     @_fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -545,3 +553,4 @@ class UnionOperations(pyfuse3.Operations):
         os.getxattr(at, name, **_nofollow(at))
         at = await self._xattr_prepare(inode)
         os.removexattr(at, name, **_nofollow(at))
+        _acl_changed(inode, name)

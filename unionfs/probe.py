@@ -11,9 +11,10 @@ import os
 import stat
 from collections.abc import Sequence
 
+from . import redirect
 from .index import Stat, _fs
 from .longpath import fit
-from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr, is_whiteout_stat
+from .whiteout import OPAQUE_NAME, WH_PREFIX, has_opaque_xattr, is_whiteout_stat, read_redirect
 
 
 def _st(st: os.stat_result) -> Stat:
@@ -39,17 +40,28 @@ class ProbeLower:
         self.key = b""
         root_st = os.lstat(self.lowers[0]) if self.lowers else None
         st = _st(root_st) if root_st else (stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, 0)
-        # entry: [parent, name, layer, stat, contrib, canon]
-        self._e: list[list] = [[0, b"", 0, st, self._contrib(list(enumerate(self.lowers))), 0]]
+        # entry: [parent, name, layer, stat, contrib, canon, real path]
+        root = self.lowers[0] if self.lowers else b"/"
+        self._e: list[list] = [[0, b"", 0, st, self._contrib(list(enumerate(self.lowers))), 0, root]]
         self._by: dict[tuple[int, bytes], int] = {}
         self._hard: dict[tuple[int, int], int] = {}
 
-    @staticmethod
-    def _contrib(cands: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def _contrib(self, cands: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """The directories that really make up a merged one, of those at its path (*cands*): up to
+        an opaque one, or a redirected one and what the layers below hold at its redirect."""
         out = []
         for layer, d in cands:
             out.append((layer, d))
-            if os.path.lexists(fit(os.path.join(d, OPAQUE_NAME))) or has_opaque_xattr(fit(d)):
+            target = read_redirect(fit(d), d[len(self.lowers[layer]) :] or b"/")
+            if target is not None:
+                for j in range(layer + 1, len(self.lowers)):
+                    r, target, stop = redirect.walk(_fs_step, self.lowers[j], target)
+                    if r is not None:
+                        out.append((j, r))
+                    if stop:
+                        break
+                break
+            if _opaque(d):
                 break
         return out
 
@@ -76,7 +88,7 @@ class ProbeLower:
                 break
             if st is not None:
                 if found is None:
-                    found = [parent, name, layer, _st(st), None, 0]
+                    found = [parent, name, layer, _st(st), None, 0, p]
                     if not stat.S_ISDIR(st.st_mode):
                         if st.st_nlink > 1:
                             found[5] = (layer, st.st_ino)
@@ -152,6 +164,24 @@ class ProbeLower:
         return b"/" + b"/".join(reversed(parts))
 
     def real_path(self, i: int) -> bytes:
-        p = self.path(i)
-        root = self.lowers[self.layer(i)]
-        return root if p == b"/" else fit(root + p)
+        return self._e[i][6]
+
+
+def _opaque(d: bytes) -> bool:
+    return os.path.lexists(fit(os.path.join(d, OPAQUE_NAME))) or has_opaque_xattr(fit(d))
+
+
+def _fs_step(d: bytes, c: bytes, here: bytes) -> tuple[bytes, bytes | None, bool] | bool | None:
+    """:data:`unionfs.redirect.Step` through a layer on disk (handles: real paths)."""
+    p = os.path.join(d, c)
+    try:
+        st = os.lstat(fit(p))
+    except OSError:
+        st = None
+    if (st is not None and is_whiteout_stat(st)) or os.path.lexists(fit(os.path.join(d, WH_PREFIX + c))):
+        return False
+    if st is None:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    return p, read_redirect(fit(p), here), _opaque(p)

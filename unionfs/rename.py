@@ -15,12 +15,13 @@ from .copyup import CopyUp
 from .libc import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from .merged import MergedTree, fuse_error
 from .node import Node, join
-from .upper import K_DIR, K_FILE, K_OPQ
+from .upper import K_DIR, K_FILE, K_RDR, UPPER_DIRS
 
 
-def in_upper(node: Node) -> bool:
-    """Whether *node* can move within the upper as it is (a directory: with its whole subtree)."""
-    return node.upper and (not node.isdir or node.lower < 0)
+def in_upper(t: MergedTree, node: Node) -> bool:
+    """Whether *node* can move within the upper as it is (a directory: if it merges with no lower
+    directory, or with one by a redirect, which moves with it)."""
+    return node.upper and (not node.isdir or node.lower < 0 or t.rw().kind(node.path) == K_RDR)
 
 
 def check(
@@ -61,7 +62,7 @@ def rename(
     s_below = t.lower_child(po, name_old) >= 0
     d_below = t.lower_child(pn, name_new) >= 0
     dst_st = None
-    if dst is not None and up.kind(dpath) in (K_DIR, K_OPQ, K_FILE):
+    if dst is not None and up.kind(dpath) in (*UPPER_DIRS, K_FILE):
         if dst.isdir:
             up.clear_markers(dpath)
         dst_st = os.lstat(up.real(dpath))
@@ -73,15 +74,13 @@ def rename(
         t.remove_path(dst, dpath)
         if dst_st is not None:
             t.forget_upper(dst_st, dst.ino)
-    t.move_paths(spath, dpath, src.isdir)
+    t.move_paths(spath, dpath, src)
     if spath in src.paths:  # (a node the kernel does not hold: not in the path index)
         src.remove_path(spath)
         src.add_path(dpath)
     if src.isdir:
         up.move_tree(spath, dpath)
-        if d_below and up.kind(dpath) != K_OPQ:
-            up.make_opaque(dpath)
-        src.lower = -1
+        _hide_below(t, dpath, src, d_below)
     else:
         up.drop(spath)
         up.set(dpath, K_FILE)
@@ -103,15 +102,21 @@ def exchange(
     longpath.forget()
     tmp = b"\0exchange"
     for a, b, node in ((spath, tmp, src), (dpath, spath, dst), (tmp, dpath, src)):
-        t.move_paths(a, b, node.isdir)
+        t.move_paths(a, b, node)
         up.move_tree(a, b)
-    if src.isdir and d_below and up.kind(dpath) != K_OPQ:
-        up.make_opaque(dpath)
-    if dst.isdir and s_below and up.kind(spath) != K_OPQ:
-        up.make_opaque(spath)
-    for n in (src, dst):
-        if n.isdir:
-            n.lower = -1
+    if src.isdir:
+        _hide_below(t, dpath, src, d_below)
+    if dst.isdir:
+        _hide_below(t, spath, dst, s_below)
+
+
+def _hide_below(t: MergedTree, path: bytes, node: Node, below: bool) -> None:
+    """The directory *node* just moved to *path*: make it hide the lower directory there, unless it
+    merges with its own by a redirect."""
+    up = t.rw()
+    if below and up.kind(path) == K_DIR:
+        up.make_opaque(path)
+        node.lower = -1
 
 
 __all__ = ["check", "exchange", "in_upper", "rename"]

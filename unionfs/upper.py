@@ -3,9 +3,10 @@
 Upper format (same as kernel overlayfs, so an upper can be inspected or mounted by the kernel):
 whiteouts are char devices 0/0 (``.wh.NAME`` files when mknod is impossible or
 ``FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT`` is set), opaque directories carry
-``trusted.overlay.opaque=y`` (``.wh..wh..opq`` in ``.wh.`` mode).  Temporary files live in the
-work directory (``WORK/strata``) when it shares the upper's filesystem, else in the target
-directory under a hidden ``.wh..strata-tmp-*`` name.
+``trusted.overlay.opaque=y`` (``.wh..wh..opq`` in ``.wh.`` mode), a directory renamed away from
+its lower path carries ``trusted.overlay.redirect=LOWERPATH`` (``user.overlay.redirect`` rootless).
+Temporary files live in the work directory (``WORK/strata``) when it shares the upper's
+filesystem, else in the target directory under a hidden ``.wh..strata-tmp-*`` name.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from .kindmap import KindMap
 from .longpath import fit
 from .whiteout import (
     OPAQUE_NAME,
+    REDIRECT_XATTRS,
     WH_PREFIX,
     WhiteoutWriter,
     is_whiteout_stat,
     probe_kernel_whiteouts,
+    read_redirect,
     upper_is_opaque,
 )
 
@@ -32,6 +35,8 @@ K_WH = 1  # whiteout
 K_DIR = 2  # directory merging with the lower one at its path
 K_OPQ = 3  # opaque directory
 K_FILE = 4  # any non-directory
+K_RDR = 5  # directory merging with the lower one at its redirect path
+UPPER_DIRS = (K_DIR, K_OPQ, K_RDR)
 
 TMP_PREFIX = b".wh..strata-tmp-"
 ORIGIN_XATTR = b"trusted.strata.origin"  # the merged inode a copied-up entry had, and whose numbering
@@ -60,6 +65,7 @@ class Upper:
         self.wh = WhiteoutWriter(probe_kernel_whiteouts(probe_in))
         # trusted.* needs CAP_SYS_ADMIN; without it (rootless) the user namespace holds the origin
         self.origin_xattr = ORIGIN_XATTR if os.geteuid() == 0 else ORIGIN_XATTR_USER
+        self.redirect_xattr = REDIRECT_XATTRS[0] if os.geteuid() == 0 else REDIRECT_XATTRS[1]
         self.kinds = KindMap()
         self.scan()
 
@@ -126,10 +132,32 @@ class Upper:
                     if is_whiteout_stat(st):
                         self.kinds.set(p, K_WH)
                     elif stat.S_ISDIR(st.st_mode):
-                        self.kinds.set(p, K_OPQ if upper_is_opaque(de.path) else K_DIR)
+                        self.kinds.set(p, self._dir_kind(de.path, p))
                         stack.append(p)
                     else:
                         self.kinds.set(p, K_FILE)
+
+    @staticmethod
+    def _dir_kind(real: bytes, path: bytes) -> int:
+        if upper_is_opaque(real):
+            return K_OPQ
+        return K_DIR if read_redirect(real, path) is None else K_RDR
+
+    def redirect(self, path: bytes) -> bytes | None:
+        """The lower path whose directory the redirected upper directory *path* merges with."""
+        return read_redirect(self.real(path), path)
+
+    def set_redirect(self, path: bytes, target: bytes) -> bool:
+        """Make the upper directory *path* merge with the lower directory *target* (not the one at its
+        own path); False where the upper cannot keep the xattr (the caller copies the tree up)."""
+        try:
+            os.setxattr(self.real(path), self.redirect_xattr, target, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ERANGE):
+                return False
+            raise
+        self.kinds.set(path, K_RDR)
+        return True
 
     def kind(self, path: bytes) -> int | None:
         return self.kinds.get(path)

@@ -14,6 +14,9 @@ WH_PREFIX = b".wh."
 OPAQUE_NAME = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque", b"user.fuseoverlayfs.opaque")
 KERNEL_OPAQUE_XATTR = b"trusted.overlay.opaque"
+# a directory renamed from elsewhere: its lower part is the lower directory at this path (absolute,
+# or a name beside it), as overlayfs's redirect_dir=on records it
+REDIRECT_XATTRS = (b"trusted.overlay.redirect", b"user.overlay.redirect")
 PRIVATE_XATTR_PREFIXES = (
     b"trusted.overlay.",
     b"user.overlay.",
@@ -57,6 +60,22 @@ def has_opaque_xattr(path: bytes) -> bool:
             except OSError:
                 pass
     return False
+
+
+def read_redirect(path: bytes, own: bytes) -> bytes | None:
+    """The lower path that the directory at *path* (whose own lower path is *own*) redirects to,
+    made absolute, or None."""
+    for n in REDIRECT_XATTRS:
+        try:
+            v = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue
+        if v.startswith(b"/"):
+            return v.rstrip(b"/") or b"/"
+        if v and b"/" not in v:  # a name in the same parent
+            parent = own.rpartition(b"/")[0]
+            return parent + b"/" + v
+    return None
 
 
 def probe_kernel_whiteouts(workdir: bytes) -> bool:

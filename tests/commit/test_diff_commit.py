@@ -113,6 +113,8 @@ ops = st.lists(
         st.tuples(st.just("rm"), st.sampled_from(FILES), st.none()),
         st.tuples(st.just("rmtree"), st.sampled_from(DIRS), st.none()),
         st.tuples(st.just("mkdir"), st.sampled_from(["newdir", "data/sub", "srv/shared/inner"]), st.none()),
+        # a lower directory renamed: moved alone, by a redirect, but committed with all it holds
+        st.tuples(st.just("mv"), st.sampled_from(DIRS + ["data", "etc"]), st.sampled_from(["moved", "srv/moved"])),
     ),
     min_size=1,
     max_size=6,
@@ -134,6 +136,9 @@ def apply(mp: Path, steps: list) -> None:
             elif op == "mkdir":
                 p.mkdir()
                 (p / "file").write_text("in a new dir\n")
+            elif op == "mv":
+                if not (mp / arg).exists():  # (onto a directory that exists: ENOTEMPTY or itself)
+                    os.rename(p, mp / arg)
         except (FileNotFoundError, FileExistsError, NotADirectoryError):
             pass
 

@@ -21,12 +21,10 @@ from unionfs.mount import MountSpec, mount, unmount
 CONFORMANCE = SHARED / "conformance"
 PJDFSTEST_BUILD = Path(__file__).resolve().parents[2] / ".venv" / "pjdfstest"
 
-# Strict unionmount tests that need what strata does not do yet: kernel overlayfs with
-# redirect_dir=on renames a lower directory by copying up the directory alone (its children stay
-# below, found through a redirect xattr), and with index=on copies up one hard link of a lower file
-# alone; strata copies up the directory's whole subtree and every link of a file, so the suite
-# finds upper files it does not expect.
-STRICT_NOT_YET = {"rename-dir", "rename-pop-dir", "rename-move-dir", "rename-mass-5"}
+# Strict unionmount tests that need what strata does not do yet: kernel overlayfs with index=on
+# copies up one hard link of a lower file alone, into its index; strata copies up every visible
+# link of the file, so the suite finds upper files it does not expect.
+STRICT_NOT_YET = {"rename-mass-5"}
 
 pytestmark = [
     pytest.mark.skipif(not CONFORMANCE.is_dir(), reason=f"{CONFORMANCE} is not there"),
