@@ -11,7 +11,6 @@ from cli.format import docker_time, human_size, output, render, since
 from store import views
 from store.digest import hex_of
 from store.errors import StoreError
-from unionfs.index import prune_tables
 
 IMAGE_HEADERS = {
     "ID": "IMAGE ID",
@@ -92,7 +91,6 @@ def rmi(names: tuple[str, ...], force: bool, no_prune: bool) -> None:
         except StoreError as e:
             click.echo(f"Error: {e}", err=True)
             failed = True
-    prune_tables(store.index_dir)  # the union filesystem's tables of the layers just removed
     if failed:
         raise SystemExit(1)
 
@@ -115,7 +113,6 @@ def prune(everything: bool, force: bool, filters: tuple[str, ...]) -> None:
         matching = {r.id for r in views.image_rows(store, True, list(filters))}
         keep = {r.id for r in store.images.all()} - matching
     events, freed = store.prune(everything, keep)
-    prune_tables(store.index_dir)
     if events:
         click.echo("Deleted Images:")
         for e in events:

@@ -1,4 +1,4 @@
-"""`system df`."""
+"""`system df`, `system check`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,35 @@ def df(verbose: bool) -> None:
         f"{x['chain_id'][7:19]}\t{human_size(x['size'])}\t{'yes' if x['active'] else 'no'}" for x in detail["layers"]
     ]
     click.echo(tabulate(lines))
+
+
+@system_group.command("check")
+@click.option("-r", "--repair", is_flag=True, help="Remove what is damaged or unreferenced, and say what.")
+@user_errors
+def check_store(repair: bool) -> None:
+    """Check the store's consistency (as podman system check, git fsck): every blob's hash, every
+    layer, image record, tag and container, and nothing left over."""
+    from store import check
+
+    store = get_store()
+    with store.lock():
+        for note in store.recovered:
+            click.echo(f"recovered: {note}")
+        problems, counts = check.check(store)
+        if repair and problems:
+            for line in check.repair(store, problems):
+                click.echo(line)
+        else:
+            for p in problems:
+                click.echo(p.what)
+    held = ", ".join(f"{n} {k if n != 1 else k[:-1]}" for k, n in counts.items())
+    if not problems:
+        click.echo(f"The store is consistent: {held}.")
+    elif repair:
+        click.echo(f"Repaired {len(problems)} problem{'s' if len(problems) != 1 else ''}: {held} before.")
+    else:
+        click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found ({held}); run with --repair")
+        raise SystemExit(1)
 
 
 def register(group: click.Group) -> None:

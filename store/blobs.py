@@ -118,7 +118,7 @@ class BlobStore:
     def clear_tmp(self) -> None:
         """Remove the temporary files of processes that died mid-write."""
         for p in self.tmp.iterdir():
-            if _owner_alive(p.name):
+            if _owner_alive(p.name) or p.name.startswith("intent-"):  # (intents: `Store.recover`)
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

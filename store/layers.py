@@ -76,6 +76,10 @@ class LayerStore:
                 out.append(Layer(**json.loads((home / "layer.json").read_text())))
         return out
 
+    def top_down(self) -> list[Layer]:
+        """Every layer, each before its parent (children are deleted first)."""
+        return top_down(self.all())
+
     def unpack(self, stream: BinaryIO, parent: str | None, diff_id: str | None, what: str) -> Layer:
         """Unpack a (possibly compressed) layer tar on top of chain `parent`.
 
@@ -143,6 +147,23 @@ class LayerStore:
         grave = Path(tempfile.mkdtemp(dir=self.tmp, prefix=tmp_prefix("rmlayer")))
         os.rename(home, grave / "x")
         shutil.rmtree(grave, ignore_errors=True)
+
+
+def top_down(all_layers: list[Layer]) -> list[Layer]:
+    """*all_layers*, each before its parent."""
+    layers = {x.chain_id: x for x in all_layers}
+    depth: dict[str | None, int] = {}
+    for c in layers:
+        below: list[str] = []
+        at: str | None = c
+        while at in layers and at not in depth:
+            below.append(at)  # type: ignore[arg-type]
+            at = layers[at].parent  # type: ignore[index]
+        d = depth.get(at, -1)
+        for x in reversed(below):
+            d += 1
+            depth[x] = d
+    return sorted(layers.values(), key=lambda x: (-depth[x.chain_id], x.chain_id))
 
 
 @dataclass

@@ -1,11 +1,15 @@
 """The store: blobs, layers, images and containers under one root, and the operations on them.
 
 Every mutation runs under an exclusive `flock` on `root/lock`, so two strata processes can work on
-one store; readers need no lock because every file becomes visible by an atomic rename.
+one store; readers need no lock because every file becomes visible by an atomic rename.  Each
+change keeps the store's invariants at every step — a tag names a record, a record has its layers
+and blobs, a layer has its parents (added bottom up, removed top down) — so a kill leaves at most
+what no record needs; the intent it left (`journal`) makes the next locked command finish it.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -18,8 +22,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import digest as dg
+from . import journal, reference
 from . import mediatypes as mt
-from . import reference
 from .blobs import BlobStore, BlobWriter
 from .compression import DECOMPRESS_ERRORS, open_decompressed
 from .containers import Container, ContainerIndex
@@ -98,16 +102,53 @@ class Store:
         self.index_dir = self.root / "index"
         self.index_dir.mkdir(exist_ok=True)
         self._lease: BinaryIO | None = None
+        self._ingest_intent: Path | None = None
+        self.recovered: list[str] = []  # what the first lock finished of killed commands' changes
 
     # -- locking ---------------------------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator[None]:
+        """The store's exclusive lock; taking it first finishes what killed commands left."""
         with open(self.root / "lock", "a+b") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
+                self.recover()
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def recover(self) -> None:
+        """Finish the changes of commands that died (under the lock): the removals an `rmi` or
+        `prune` began are completed, the layers and blobs a `pull`/`load`/`commit` added for a record
+        it never wrote are collected, and dead writers' temporary files go."""
+        pending = journal.interrupted(self.blobs.tmp)
+        if pending and self._lease is None:  # (while this process ingests, its new layers look unused)
+            for _path, kind, data in pending:
+                if kind == "add" and isinstance(data, list) and self.images.has(data[0]):
+                    self._set_tags(self.images.get(data[0]), [reference.parse(t) for t in data[1]])
+                    self.recovered.append(f"finished tagging image {data[0]}")
+                if kind == "remove" and isinstance(data, list):
+                    for image_id in data:
+                        if self.images.has(image_id) and not self.containers_of(image_id):
+                            self._untag_all(image_id)
+                            self.images.delete(image_id)
+                            self.recovered.append(f"finished removing image {image_id}")
+            with self._gc_allowed() as allowed:
+                if allowed:
+                    chains, _ = self._sweep()
+                    self.recovered += [f"removed unused layer {c}" for c in chains]
+                    for path, kind, _data in pending:
+                        journal.end(path)
+                        if kind == "ingest":
+                            self.recovered.append("rolled back an interrupted ingest")
+        self.blobs.clear_tmp()
+
+    def _untag_all(self, image_id: str) -> list[str]:
+        table = self.images.tags()
+        tags = sorted(t for t, i in table.items() if i == image_id)
+        if tags:
+            self.images.set_tags({t: i for t, i in table.items() if i != image_id})
+        return tags
 
     def hold_ingest_lease(self) -> None:
         """Keep unreferenced-but-new layers and blobs from garbage collection while this Store adds them.
@@ -119,6 +160,9 @@ class Store:
         if self._lease is None:
             self._lease = open(self.root / "gc.lock", "a+b")
             fcntl.flock(self._lease.fileno(), fcntl.LOCK_SH)
+            # until this process exits: a kill leaves it, and the next command rolls the ingest back
+            self._ingest_intent = journal.begin(self.blobs.tmp, "ingest")
+            atexit.register(journal.end, self._ingest_intent)
 
     @contextmanager
     def _gc_allowed(self) -> Iterator[bool]:
@@ -278,9 +322,12 @@ class Store:
             for c in self.chain(record):
                 if not self.layers.has(c):
                     raise NotFound(f"layer {c} is missing from the store")
+            intent = journal.begin(self.blobs.tmp, "add", [image_id, [str(t) for t in tags]]) if tags else None
             self.images.put(record)
             if tags:
                 self._set_tags(record, tags)
+            if intent is not None:
+                journal.end(intent)
         return self.images.get(image_id)
 
     def _set_tags(self, record: ImageRecord, refs: list[reference.Reference]) -> None:
@@ -332,15 +379,17 @@ class Store:
                     f"conflict: unable to remove repository reference {name!r} (must force) - container "
                     f"{users[0].id[:12]} is using its referenced image {dg.hex_of(record.id)[:12]}"
                 )
+            intent = None if users else journal.begin(self.blobs.tmp, "remove", [record.id])
             for t in sorted(tags):
                 del table[t]
                 events.append(Event("Untagged", reference.parse(t).familiar))
             self.images.set_tags(table)
             for d in record.repo_digests:
                 events.append(Event("Untagged", reference.parse(d).familiar))
-            if users:  # forced: the containers keep the (now untagged) image
+            if intent is None:  # forced: the containers keep the (now untagged) image
                 return events
             events += self._delete_image(record, prune)
+            journal.end(intent)
             return events
 
     def _delete_image(self, record: ImageRecord, prune: bool) -> list[Event]:
@@ -362,15 +411,20 @@ class Store:
         with self._gc_allowed() as allowed:
             if not allowed:
                 return [], 0
-            return self._sweep()
+            intent = journal.begin(self.blobs.tmp, "collect")
+            swept = self._sweep()
+            journal.end(intent)
+            return swept
 
     def _sweep(self) -> tuple[list[str], int]:
+        """Delete what no record needs: layers top down (a layer left always has its parents), then
+        blobs, compiled indexes and the union filesystem's tables of deleted layers."""
         records = self.images.all()
         live_chains = {c for r in records for c in self.chain(r)}
         live_blobs = {b for r in records for b in r.blobs}
         freed = 0
         deleted = []
-        for layer in sorted(self.layers.all(), key=lambda x: x.chain_id):
+        for layer in self.layers.top_down():
             if layer.chain_id not in live_chains:
                 freed += layer.size
                 self.layers.delete(layer.chain_id)
@@ -382,6 +436,10 @@ class Store:
         for idx in self.index_dir.glob("*.idx"):
             if "sha256:" + idx.stem not in live_chains:
                 idx.unlink(missing_ok=True)
+        if deleted:
+            from unionfs.index import prune_tables  # (directories only: no FUSE)
+
+            prune_tables(self.index_dir)
         return deleted, freed
 
     def prune(self, everything: bool = False, keep: set[str] | None = None) -> tuple[list[Event], int]:
@@ -401,11 +459,13 @@ class Store:
                 tagged = [t for t, i in table.items() if i == record.id]
                 if (tagged and not everything) or self.children(record.id):
                     continue
+                intent = journal.begin(self.blobs.tmp, "remove", [record.id])
                 for t in tagged:
                     del table[t]
                     events.append(Event("Untagged", reference.parse(t).familiar))
                 self.images.set_tags(table)
                 events += self._delete_image(record, prune=False)
+                journal.end(intent)
             self._collect()
             return events, before - self._disk_bytes()
 

@@ -142,6 +142,7 @@ def strata(root: Path, *args: str, input: bytes | None = None, check: bool = Tru
         [str(REPO / ".venv" / "bin" / "strata"), "--root", str(root), *args],
         input=input,
         capture_output=True,
+        timeout=600,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"strata {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()}")
