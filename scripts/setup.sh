@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc patch python3 python3-venv python3-dev
               skopeo umoci fuse-overlayfs docker-registry jq zstd attr curl openssl tar gzip podman buildah crun runc
-              autoconf automake libtool make perl)  # (the last five build and run pjdfstest)
+              autoconf automake libtool make perl  # (these five build and run pjdfstest)
+              strace)  # (its fault injection kills commands at each system call in the tests)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
