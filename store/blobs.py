@@ -115,8 +115,9 @@ class BlobStore:
     def all(self) -> list[str]:
         return ["sha256:" + p.name for p in self.dir.iterdir() if dg.is_digest("sha256:" + p.name)]
 
-    def clear_tmp(self) -> None:
-        """Remove the temporary files of processes that died mid-write."""
+    def clear_tmp(self) -> list[str]:
+        """Remove the temporary files of processes that died mid-write; return their names."""
+        gone = []
         for p in self.tmp.iterdir():
             if _owner_alive(p.name) or p.name.startswith("intent-"):  # (intents: `Store.recover`)
                 continue
@@ -125,6 +126,8 @@ class BlobStore:
             else:
                 with _ignore_missing():
                     p.unlink()
+            gone.append(p.name)
+        return gone
 
 
 def fsync_dir(path: Path) -> None:

@@ -141,7 +141,7 @@ class Store:
                         journal.end(path)
                         if kind == "ingest":
                             self.recovered.append("rolled back an interrupted ingest")
-        self.blobs.clear_tmp()
+        self.recovered += [f"removed leftover temporary file tmp/{n}" for n in self.blobs.clear_tmp()]
 
     def _untag_all(self, image_id: str) -> list[str]:
         table = self.images.tags()
@@ -449,7 +449,6 @@ class Store:
         """
         events: list[Event] = []
         with self.lock():
-            self.blobs.clear_tmp()
             before = self._disk_bytes()
             used = {c.image for c in self.containers.all()}
             table = self.images.tags()
