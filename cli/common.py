@@ -41,11 +41,23 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (StoreError, TemplateError) as e:
+            _abandon()
             fail(str(e))
+        except KeyboardInterrupt:
+            _abandon()
+            sys.exit(130)
         except BrokenPipeError:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _abandon() -> None:
+    """A command failed: what it was adding to the store goes."""
+    ctx = click.get_current_context(silent=True)
+    store = ctx.find_root().obj.get("store") if ctx is not None and ctx.find_root().obj else None
+    if store is not None:
+        store.abandon_ingest()
 
 
 def keep_layer_tables(store: Store, image_ids: list[str]) -> None:

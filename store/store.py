@@ -164,6 +164,20 @@ class Store:
             self._ingest_intent = journal.begin(self.blobs.tmp, "ingest")
             atexit.register(journal.end, self._ingest_intent)
 
+    def abandon_ingest(self) -> None:
+        """This process's ingest failed: what it added that no record needs goes now (as a killed
+        one's goes at the next command), so that a failed pull, load, import or commit leaves the
+        store as it was."""
+        if self._lease is None:
+            return
+        self._lease.close()  # (our own shared lease would keep the collection from running)
+        self._lease = None
+        with self.lock():
+            self._collect()
+        if self._ingest_intent is not None:
+            journal.end(self._ingest_intent)
+            self._ingest_intent = None
+
     @contextmanager
     def _gc_allowed(self) -> Iterator[bool]:
         fd = self._lease.fileno() if self._lease is not None else None

@@ -156,7 +156,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
         for name in dirs + files:
             p = os.path.join(dirpath, name)
             rel = os.path.relpath(p, root)
-            if rel == "lock" or rel.startswith("tmp"):
+            if rel in ("lock", "gc.lock") or rel.startswith("tmp"):  # (lock files)
                 continue
             st = os.lstat(p)
             out[rel] = (st.st_size, st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0)
