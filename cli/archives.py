@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
-from cli.common import fail, get_store, keep_layer_tables, user_errors
+from cli.common import fail, get_store, keep_layer_tables, output_file, user_errors
 from store import archive, reference
 from store.importer import import_tarball
 
@@ -59,14 +57,8 @@ def save(names: tuple[str, ...], target: str | None, fmt: str) -> None:
     if fmt == "oci" and not path.name.endswith(".tar"):
         archive.save_to_dir(store, list(names), path)
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            archive.save(store, list(names), f, fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with output_file(path) as f:
+        archive.save(store, list(names), f, fmt)
 
 
 @click.command("import")

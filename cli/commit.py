@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import fail, get_store, keep_layer_tables, user_errors
+from cli.common import fail, get_store, keep_layer_tables, output_file, user_errors
 from store.commit import ChangedPath, commit, write_changeset
 from unionfs.changes import iter_changes
 from unionfs.mount import MountError, MountSpec, mount, mount_state, unmount
@@ -87,10 +87,8 @@ def export(target: str | None, container: str) -> None:
             if target is None:
                 write_changeset(entries, sys.stdout.buffer, _keep_xattr)
             else:
-                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(target)), prefix=".export.")
-                with os.fdopen(fd, "wb") as f:
+                with output_file(target) as f:
                     write_changeset(entries, f, _keep_xattr)
-                os.replace(tmp, target)
         finally:
             unmount(Path(mp))
 

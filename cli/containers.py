@@ -134,6 +134,8 @@ def mount(
     target, mountpoint = (args[0] if len(args) == 2 else None), Path(args[-1])
     foreground = foreground or debug
     how = {"use_index": not no_index, "allow_other": allow_other, "dev": dev, "suid": suid, "debug": debug}
+    if lower is None and (upper is not None or work is not None):
+        fail("--upper and --work go with --lower (a container's or image's upper is the store's)")
     if lower is not None:
         if target is not None:
             fail("give either --lower or a CONTAINER|IMAGE, not both")
@@ -160,7 +162,12 @@ def mount(
     spec = MountSpec(stack.lowers, stack.upper, stack.work, index_cache=stack.index_cache, **how)
     c.mountpoint = str(mountpoint.resolve())
     if not foreground:
-        c.mount_pid = _do_mount(spec, mountpoint, False)
+        try:
+            c.mount_pid = _do_mount(spec, mountpoint, False)
+        except SystemExit:
+            if c.throwaway:  # (the mount failed: its throwaway container goes with it)
+                store.remove_container(c)
+            raise
         store.containers.put(c)
         return
     c.mount_pid = os.getpid()
@@ -188,8 +195,9 @@ def umount(target: str) -> None:
     store = get_store()
     path = Path(target)
     mounted = {str(Path(c.mountpoint)): c for c in store.containers.all() if c.mountpoint}
-    c = mounted.get(str(path.resolve())) if path.exists() or os.path.isabs(target) else None
-    if c is None and not path.is_dir():
+    # (os.path's tests: a mount that answers EIO is no error of theirs)
+    c = mounted.get(str(path.resolve())) if os.path.lexists(path) or os.path.isabs(target) else None
+    if c is None and not os.path.isdir(path):
         try:
             c = store.containers.find(target)
         except NotFound:

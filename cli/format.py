@@ -72,10 +72,19 @@ def go_value(value: Any) -> str:
 _ACTION = re.compile(r"{{-?\s*(.*?)\s*-?}}")
 
 
-def _lookup(data: Any, path: str) -> Any:
+class FieldError(ValueError):
+    """A field that a listing's rows (Go structs, in Docker) do not have."""
+
+
+def _lookup(data: Any, path: str, fields: bool = False) -> Any:
+    """*path* in *data*; *fields*: *data*'s keys are a struct's fields (a missing one is an error, as
+    Go's template says of a struct), not a map's keys (a missing one is ``<no value>``)."""
     if path == ".":
         return data
-    for part in path.lstrip(".").split("."):
+    parts = path.lstrip(".").split(".")
+    if fields and isinstance(data, dict) and parts[0] not in data:
+        raise FieldError(f"can't evaluate field {parts[0]}")
+    for part in parts:
         if isinstance(data, dict):
             data = data.get(part)
         else:
@@ -83,31 +92,32 @@ def _lookup(data: Any, path: str) -> Any:
     return data
 
 
-def _action(expr: str, data: Any) -> str:
+def _action(expr: str, data: Any, fields: bool) -> str:
     words = expr.split()
     if not words:
         raise ValueError("empty action")
     if words[0] == "json" and len(words) == 2:
-        return json.dumps(_lookup(data, words[1]))
+        return json.dumps(_lookup(data, words[1], fields))
     if words[0] in ("upper", "lower") and len(words) == 2:
-        s = go_value(_lookup(data, words[1]))
+        s = go_value(_lookup(data, words[1], fields))
         return s.upper() if words[0] == "upper" else s.lower()
     if len(words) == 1 and words[0].startswith("."):
-        return go_value(_lookup(data, words[0]))
+        return go_value(_lookup(data, words[0], fields))
     raise ValueError(f"unsupported template action {{{{{expr}}}}}")
 
 
-def render(template: str, data: Any) -> str:
-    """Render Docker's Go-template subset: `{{.Field}}`, `{{.A.B}}`, `{{json .X}}`, `\\t`, `\\n`."""
+def render(template: str, data: Any, fields: bool = False) -> str:
+    """Render Docker's Go-template subset: `{{.Field}}`, `{{.A.B}}`, `{{json .X}}`, `\\t`, `\\n`;
+    *fields*: *data* is a listing's row, whose keys are fields (see :func:`_lookup`)."""
     template = template.replace("\\t", "\t").replace("\\n", "\n")
-    return _ACTION.sub(lambda m: _action(m.group(1), data), template)
+    return _ACTION.sub(lambda m: _action(m.group(1), data, fields), template)
 
 
 def table(template: str, rows: list[dict[str, Any]], headers: dict[str, str]) -> str:
     """`table {{.A}}\\t{{.B}}`: a header row from `headers`, columns aligned like Docker's tabwriter."""
     body = template.removeprefix("table").strip()
     head = _ACTION.sub(lambda m: headers.get(m.group(1).lstrip("."), m.group(1).lstrip(".").upper()), body)
-    lines = [head.replace("\\t", "\t")] + [render(body, r) for r in rows]
+    lines = [head.replace("\\t", "\t")] + [render(body, r, True) for r in rows]
     return tabulate(lines)
 
 
@@ -130,7 +140,9 @@ def output(template: str | None, rows: list[dict[str, Any]], default: str, heade
     try:
         if fmt.startswith("table"):
             return table(fmt, rows, headers)
-        return "\n".join(render(fmt, r) for r in rows)
+        return "\n".join(render(fmt, r, True) for r in rows)
+    except FieldError as e:
+        raise TemplateError(f"template: executing {fmt!r}: {e}") from None
     except ValueError as e:
         raise TemplateError(f"template parsing error: {e}") from None
 

@@ -46,7 +46,7 @@ def _check_dir(p: Path, what: str) -> Path:
     try:
         rp = Path(os.path.realpath(p))
         if not rp.is_dir():
-            raise MountError(f"{what} {p} is not a directory")
+            raise MountError(f"{what} {p} {'is not a directory' if os.path.lexists(rp) else 'does not exist'}")
     except OSError as e:
         raise MountError(f"{what} {p}: {e.strerror}") from None
     return rp
