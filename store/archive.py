@@ -22,7 +22,7 @@ from .blobs import tmp_prefix
 from .compression import DECOMPRESS_ERRORS, detect, open_decompressed
 from .errors import InvalidInput, NotFound, StoreError
 from .images import ImageRecord, LayerRef, Variant
-from .layers import chain_ids
+from .layers import chain_id
 from .store import Store, oci_manifest
 
 
@@ -148,7 +148,7 @@ def _ingest_layers(
         with src.open(name) as f:
             ref = store.ingest_layer(f, parent, diff_ids[i], media_type, expected, what=f"layer {name}")
         refs.append(ref)
-        parent = chain_ids([x.diff_id for x in refs])[-1]
+        parent = chain_id(parent, ref.diff_id)
     return refs
 
 

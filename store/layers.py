@@ -52,6 +52,7 @@ class LayerStore:
         self.dir = root / "layers"
         self.tmp = tmp
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._parents: dict[str, str | None] = {}
 
     def _home(self, chain: str) -> Path:
         return self.dir / dg.hex_of(chain)
@@ -131,13 +132,18 @@ class LayerStore:
                 raise
         return layer
 
-    def _lowers(self, chain: str | None) -> list[Path]:
-        """Directories of the layer `chain` and those below it, topmost first."""
-        out = []
-        while chain is not None:
-            out.append(self.path(chain))
-            chain = self.get(chain).parent
-        return out
+    def _lowers(self, chain: str | None) -> _Lowers:
+        """Directories of the layer `chain` and those below it, topmost first (walked when iterated:
+        a layer at depth N must not cost N records read, or a deep stack costs N^2)."""
+        if chain is not None and not self.has(chain):
+            raise NotFound(f"layer {chain} not found")
+        return _Lowers(self, chain)
+
+    def parent_of(self, chain: str) -> str | None:
+        """The parent chain of layer `chain` (remembered: installed layers never change)."""
+        if chain not in self._parents:
+            self._parents[chain] = self.get(chain).parent
+        return self._parents[chain]
 
     def delete(self, chain: str) -> None:
         """Remove a layer: first make it invisible (rename), then delete its files."""
@@ -147,6 +153,19 @@ class LayerStore:
         grave = Path(tempfile.mkdtemp(dir=self.tmp, prefix=tmp_prefix("rmlayer")))
         os.rename(home, grave / "x")
         shutil.rmtree(grave, ignore_errors=True)
+
+
+class _Lowers:
+    """The directories of a layer and those below it, topmost first, read as they are iterated."""
+
+    def __init__(self, store: LayerStore, chain: str | None) -> None:
+        self.store, self.chain = store, chain
+
+    def __iter__(self) -> Iterator[Path]:
+        chain = self.chain
+        while chain is not None:
+            yield self.store.path(chain)
+            chain = self.store.parent_of(chain)
 
 
 def top_down(all_layers: list[Layer]) -> list[Layer]:

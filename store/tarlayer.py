@@ -15,7 +15,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -57,7 +57,7 @@ def xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
 class Unpacker:
     """Materialises tar entries one at a time into `root`; `finish` once every entry is added."""
 
-    def __init__(self, root: Path, lowers: list[Path]) -> None:
+    def __init__(self, root: Path, lowers: Iterable[Path]) -> None:
         self.root = root
         self.lowers = lowers
         self.dirs: dict[str, int] = {"": 0}  # known real directories → mtime_ns to set at the end
@@ -182,13 +182,13 @@ class Unpacker:
                 os.utime(self.root / rel, ns=(self.dirs[rel], self.dirs[rel]), follow_symlinks=False)
 
 
-def unpack(stream: BinaryIO, root: Path, lowers: list[Path] = ()) -> UnpackResult:  # type: ignore[assignment]
+def unpack(stream: BinaryIO, root: Path, lowers: Iterable[Path] = ()) -> UnpackResult:
     """Unpack the (uncompressed) tar `stream` into the empty directory `root`.
 
-    `lowers` are the directories of the layers below (topmost first), consulted for the metadata
-    of directories the tar implies without listing them.
+    `lowers` are the directories of the layers below (topmost first; iterated again for each
+    directory the tar implies without listing it, whose metadata they hold).
     """
-    unpacker = Unpacker(root, list(lowers))
+    unpacker = Unpacker(root, lowers)
     try:
         with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
             for member in tar:
