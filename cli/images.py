@@ -91,6 +91,8 @@ def rmi(names: tuple[str, ...], force: bool, no_prune: bool) -> None:
         except StoreError as e:
             click.echo(f"Error: {e}", err=True)
             failed = True
+    for note in store.notes:
+        click.echo(f"Note: {note}", err=True)
     if failed:
         raise SystemExit(1)
 
@@ -113,6 +115,8 @@ def prune(everything: bool, force: bool, filters: tuple[str, ...]) -> None:
         matching = {r.id for r in views.image_rows(store, True, list(filters))}
         keep = {r.id for r in store.images.all()} - matching
     events, freed = store.prune(everything, keep)
+    for note in store.notes:
+        click.echo(f"Note: {note}", err=True)
     if events:
         click.echo("Deleted Images:")
         for e in events:

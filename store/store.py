@@ -104,6 +104,7 @@ class Store:
         self._lease: BinaryIO | None = None
         self._ingest_intent: Path | None = None
         self.recovered: list[str] = []  # what the first lock finished of killed commands' changes
+        self.notes: list[str] = []  # what a command should tell its user beside its result
 
     # -- locking ---------------------------------------------------------------------------------
     @contextmanager
@@ -424,6 +425,12 @@ class Store:
         """
         with self._gc_allowed() as allowed:
             if not allowed:
+                note = (
+                    "unused layers and blobs kept: another strata process is adding to the store "
+                    "(the next rmi or prune removes them)"
+                )
+                if note not in self.notes:
+                    self.notes.append(note)
                 return [], 0
             intent = journal.begin(self.blobs.tmp, "collect")
             swept = self._sweep()

@@ -75,8 +75,9 @@ def test_rmi_in_another_process_spares_layers_still_being_recorded(root: Path, i
         t.addfile(info, io.BytesIO(b"hi"))
     loader = Store(root)  # an ingest in progress: layer stored, image not recorded yet
     layer = loader.ingest_layer(io.BytesIO(buf.getvalue()), None, None, "application/vnd.oci.image.layer.v1.tar")
-    out = strata(root, "rmi", tiny).stdout.decode()
-    assert f"Deleted: {tiny}" in out
+    proc = strata(root, "rmi", tiny)
+    assert f"Deleted: {tiny}" in proc.stdout.decode()
+    assert "Note: unused layers and blobs kept: another strata process is adding" in proc.stderr.decode()
     assert loader.layers.has(layer.diff_id) and loader.blobs.has(layer.digest)
     config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}}
     record = loader.add_image(json.dumps(config).encode(), [layer])
