@@ -44,6 +44,11 @@ def safe_name(name: str, what: str = "entry") -> str:
     return norm
 
 
+# the xattrs with which overlay filesystems mark whiteouts, opaque and renamed directories, inode
+# origins: a layer tar carries its whiteouts as `.wh.` entries, never as these
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.", "trusted.strata.", "user.strata.")
+
+
 def xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for key, value in member.pax_headers.items():
@@ -166,6 +171,9 @@ class Unpacker:
         if not m.issym():
             os.chmod(path, m.mode & 0o7777)
         for key, value in xattrs_of(m).items():
+            if key.startswith(_OVERLAY_XATTRS):  # (they would change what the stacked layers show)
+                self.result.lost.append(f"{rel}: xattr {key} (an overlay filesystem's own)")
+                continue
             try:
                 os.setxattr(path, key, value, follow_symlinks=False)
             except OSError as e:

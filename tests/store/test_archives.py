@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -259,3 +260,21 @@ def test_each_tag_keeps_the_manifest_it_came_with(root: Path, image_layouts: Pat
         strata(root, "save", "--format", "oci", "-o", str(out), f"example.com/layered:{tag}")
         saved = json.loads((out / "index.json").read_text())["manifests"][0]["digest"]
         assert saved == by_tag[tag], tag
+
+
+def test_a_layer_cannot_carry_the_overlays_own_xattrs(root: Path, tmp_path: Path) -> None:
+    """A tar entry's trusted.overlay.redirect (or opaque) would make a directory show another's
+    contents, or hide its own: whiteouts come as `.wh.` entries, so these are dropped."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        d = tarfile.TarInfo("moved")
+        d.type = tarfile.DIRTYPE
+        d.mode = 0o755
+        d.pax_headers = {"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.user.kept": "yes"}
+        t.addfile(d)
+    src = tmp_path / "x.tar"
+    src.write_bytes(buf.getvalue())
+    strata(root, "import", str(src), "x:1")
+    s = Store(root)
+    moved = s.layers.path(s.layers.all()[0].chain_id) / "moved"
+    assert os.listxattr(moved) == ["user.kept"]
