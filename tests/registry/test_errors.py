@@ -135,3 +135,12 @@ def test_parallel_downloads_are_bounded(proxy: FaultProxy, root: Path, limit: in
     proxy.delay = 0.3  # every blob answer takes a while: downloads overlap as much as allowed
     strata(root, "pull", "--max-concurrent-downloads", str(limit), f"{proxy.host}/layered")  # type: ignore[attr-defined]
     assert proxy.max_in_flight == limit
+
+
+def test_a_pull_failing_on_one_layer_keeps_none_of_the_others(proxy: FaultProxy, root: Path) -> None:
+    """The layers that did arrive go too: a failed pull leaves the store as it was."""
+    proxy.faults.append(Fault("GET /v2/layered/blobs/sha256:b76f1f", "503", times=1000))
+    err = fails(root, "pull", f"{proxy.host}/layered")  # type: ignore[attr-defined]
+    assert "after 5 attempts" in err
+    assert any("/blobs/sha256:7aff05" in line for line in proxy.log)  # (another layer was fetched)
+    assert Store(root).layers.all() == [] and Store(root).blobs.all() == []
