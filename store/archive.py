@@ -86,7 +86,11 @@ def _read_json(src: _Source, name: str, limit: int = 64 << 20) -> object:
 
 @contextmanager
 def _open_source(store: Store, source: Path | BinaryIO) -> Iterator[_Source]:
-    """A random-access view of a directory, a tar file, or a (compressed) tar stream."""
+    """A random-access view of a directory, a tar file, or a (compressed) tar stream.
+
+    A plain tar file is read in place; only a stream or a compressed file is spooled (decompressed:
+    a tar's members are read in the order its manifest names them, not the order they come in).
+    """
     if isinstance(source, Path) and source.is_dir():
         yield _DirSource(source)
         return
@@ -98,22 +102,36 @@ def _open_source(store: Store, source: Path | BinaryIO) -> Iterator[_Source]:
             raise InvalidInput(f"cannot read {source}: {e.strerror}") from None
     else:
         raw = source
-    with raw, tempfile.TemporaryFile(dir=store.blobs.tmp, prefix=tmp_prefix("load")) as spool:
-        try:
-            plain, _ = open_decompressed(raw)
-            shutil.copyfileobj(plain, spool, dg.CHUNK)  # type: ignore[misc]
-        except DECOMPRESS_ERRORS as e:
-            raise InvalidInput(f"archive is corrupt or truncated: {e}") from None
-        spool.seek(0)
-        try:
-            tar = tarfile.open(fileobj=spool, mode="r:")
-        except tarfile.TarError as e:
-            raise InvalidInput(f"not a tar archive: {e}") from None
-        with tar:
+    with raw:
+        if raw.seekable() and detect(raw.read(4)) == "none":
+            raw.seek(0)
+            with _tar_source(raw) as src:
+                yield src
+            return
+        if raw.seekable():
+            raw.seek(0)
+        with tempfile.TemporaryFile(dir=store.blobs.tmp, prefix=tmp_prefix("load")) as spool:
             try:
-                yield _TarSource(tar)
-            except (tarfile.TarError, EOFError) as e:
+                plain, _ = open_decompressed(raw)
+                shutil.copyfileobj(plain, spool, dg.CHUNK)  # type: ignore[misc]
+            except DECOMPRESS_ERRORS as e:
                 raise InvalidInput(f"archive is corrupt or truncated: {e}") from None
+            spool.seek(0)
+            with _tar_source(spool) as src:  # type: ignore[arg-type]
+                yield src
+
+
+@contextmanager
+def _tar_source(f: BinaryIO) -> Iterator[_Source]:
+    try:
+        tar = tarfile.open(fileobj=f, mode="r:")
+    except tarfile.TarError as e:
+        raise InvalidInput(f"not a tar archive: {e}") from None
+    with tar:
+        try:
+            yield _TarSource(tar)
+        except (tarfile.TarError, EOFError) as e:
+            raise InvalidInput(f"archive is corrupt or truncated: {e}") from None
 
 
 def load(store: Store, source: Path | BinaryIO) -> list[Loaded]:

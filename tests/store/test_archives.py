@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from store import archive
 from store.errors import InvalidInput
 from store.layers import chain_ids
 from store.store import Store
-from tests.helpers import apply_oci_layers, dump_tree, gnu_untar, snapshot, strata
+from tests.helpers import REPO, apply_oci_layers, dump_tree, gnu_untar, snapshot, strata
 
 
 def skopeo(*args: str) -> str:
@@ -278,3 +279,23 @@ def test_a_layer_cannot_carry_the_overlays_own_xattrs(root: Path, tmp_path: Path
     s = Store(root)
     moved = s.layers.path(s.layers.all()[0].chain_id) / "moved"
     assert os.listxattr(moved) == ["user.kept"]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_plain_tar_file_is_read_in_place_and_only_a_stream_is_spooled(
+    root: Path, layered_archive: Path, tmp_path: Path
+) -> None:
+    """No copy of the archive in tmp/ (which took ~3x its size on disk) unless it must be seekable."""
+    exe = str(REPO / ".venv" / "bin" / "strata")
+
+    def spools(*args: str, stdin: bytes | None = None) -> bool:
+        log = tmp_path / "trace"
+        cmd = ["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(log), exe, "--root", str(root), *args]
+        subprocess.run(cmd, input=stdin, check=True, capture_output=True, timeout=300)
+        return "O_TMPFILE" in log.read_text()
+
+    assert not spools("load", "-i", str(layered_archive))
+    assert spools("load", stdin=layered_archive.read_bytes())  # (a pipe: no seeking back)
+    gz = tmp_path / "layered.tar.gz"
+    gz.write_bytes(gzip.compress(layered_archive.read_bytes()))
+    assert spools("load", "-i", str(gz))
