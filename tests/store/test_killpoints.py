@@ -116,7 +116,12 @@ def templates(image_layouts: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     c = Store(with_ctr).containers.find("c1")
     upper = Store(with_ctr).containers.upper(c.id)
     (upper / "added").write_bytes(b"a file the container wrote\n")
-    return {"empty": empty, "tagged": tagged, "container": with_ctr, "layout": layout}
+    tree = base / "rootfs"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "motd").write_text("imported\n")
+    rootfs = base / "rootfs.tar"
+    subprocess.run(["tar", "-cf", str(rootfs), "-C", str(tree), "."], check=True, timeout=TIMEOUT)
+    return {"empty": empty, "tagged": tagged, "container": with_ctr, "layout": layout, "rootfs": rootfs}
 
 
 AGAIN = [["commit", "c1", "committed:1"], ["rm", "c1"], ["image", "prune", "-a", "-f"]]
@@ -131,13 +136,14 @@ AGAIN = [["commit", "c1", "committed:1"], ["rm", "c1"], ["image", "prune", "-a",
         ("tagged", ["image", "prune", "-a", "-f"], []),
         ("container", ["commit", "c1", "committed:1"], AGAIN),  # (commit again, then remove it all)
         ("container", ["rm", "c1"], []),
+        ("tagged", ["import", "{rootfs}", "imported:1"], []),
     ],
-    ids=["load", "rmi", "tag", "prune", "commit", "rm"],
+    ids=["load", "rmi", "tag", "prune", "commit", "rm", "import"],
 )
 def test_killed_command_leaves_a_consistent_store(
     templates, tmp_path: Path, start: str, args: list[str], then: list[list[str]]
 ) -> None:
     layout = templates["layout"]
-    args = [a.format(layout=layout) for a in args]
+    args = [a.format(layout=layout, rootfs=templates["rootfs"]) for a in args]
     n = _survives(templates[start], tmp_path, layout, args, then)
     print(f"{' '.join(args[:2])}: killed at {n} points, the store survived each")
