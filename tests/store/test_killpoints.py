@@ -25,7 +25,7 @@ CHANGING = (
     "rename,renameat,renameat2,unlink,unlinkat,rmdir,mkdir,mkdirat,link,linkat,symlink,symlinkat,"
     "fsync,fdatasync,ftruncate,fchmod,fchmodat,fchown,fchownat,setxattr,lsetxattr,fsetxattr,write,pwrite64"
 )
-SAMPLE = 16
+SAMPLE = 12
 TIMEOUT = 120
 STRATA = str(REPO / ".venv" / "bin" / "strata")
 
