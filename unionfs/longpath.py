@@ -54,6 +54,13 @@ def _open(key: bytes, at: tuple[int, bytes] | None) -> int:
     return fd
 
 
+def reset() -> None:
+    """Drop the cache without closing anything: in a forked server, whose inherited descriptors
+    were closed (closing their numbers again could close a descriptor opened since)."""
+    _dirs.clear()
+    _forgotten.clear()
+
+
 def forget() -> None:
     """Stop using the cached descriptors (a directory of the upper was renamed or removed)."""
     if not _dirs and not _forgotten:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from . import longpath
 from .index import load_or_build, realpaths
 from .upper import Upper
 
@@ -286,6 +287,7 @@ def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | 
             keep = sorted({wfd, getattr(ops.up, "claim_fd", wfd)})
             for lo, hi in zip([3] + [k + 1 for k in keep], [*keep, 65536], strict=True):
                 os.closerange(lo, hi)
+            longpath.reset()  # (its cached descriptors were among those)
             _serve(ops, mp, opts, wfd, work)
         except BaseException:  # noqa: BLE001
             os._exit(1)

@@ -252,3 +252,30 @@ def test_server_killed_during_copy_up(tmp_path: Path, mounts) -> None:
         unmount(m)
         if (up / "big").exists():
             os.unlink(up / "big")
+
+
+@needs_fuse
+def test_a_server_forked_after_this_process_used_long_paths_keeps_its_descriptors(tmp_path: Path, mounts) -> None:
+    """The server is forked from its caller and closes what it inherits: descriptors that the
+    caller's long-path cache held must not be closed again by number (one may be /dev/fuse by
+    then); the suite saw renames fail with EBADF."""
+    from unionfs import longpath
+
+    deep = tmp_path / "deep"
+    for i in range(20):
+        deep = deep / (f"{i:02}" + "d" * 198)
+    deep.mkdir(parents=True)
+    for _ in range(2):  # cached, forgotten, cached again: numbers the next forgets would close
+        longpath.fit(os.fsencode(deep / "x"))
+        longpath.forget()
+    d = {k: tmp_path / k for k in ("low", "up", "work", "mnt")}
+    for p in d.values():
+        p.mkdir()
+    (d["low"] / "dir" / "sub").mkdir(parents=True)
+    mount(MountSpec([d["low"]], d["up"], d["work"]), d["mnt"])
+    mounts.add(d["mnt"])
+    m = d["mnt"]
+    for i in range(4):  # each directory rename makes the server forget its long-path descriptors
+        os.rename(m / ("dir" if i == 0 else f"dir{i}"), m / f"dir{i + 1}")
+    (m / "dir4" / "sub" / "f").write_bytes(b"still serving")
+    assert (m / "dir4" / "sub" / "f").read_bytes() == b"still serving"
