@@ -29,6 +29,14 @@ def begin(tmp: Path, kind: str, data: object = None) -> Path:
     return Path(name)
 
 
+def settle(intent: Path) -> None:
+    """What the intent asked for is done but for the collection of what no record needs: it stays
+    (under its dead writer's name) as a plain collection, so that it is never done twice."""
+    tmp = intent.with_name("settle-" + intent.name)  # (a leftover of it is swept as any)
+    tmp.write_text(json.dumps({"kind": "collect", "data": None}))
+    os.replace(tmp, intent)
+
+
 def end(intent: Path) -> None:
     intent.unlink(missing_ok=True)
 

@@ -124,7 +124,7 @@ class Store:
         it never wrote are collected, and dead writers' temporary files go."""
         pending = journal.interrupted(self.blobs.tmp)
         if pending and self._lease is None:  # (while this process ingests, its new layers look unused)
-            for _path, kind, data in pending:
+            for path, kind, data in pending:
                 if kind == "add" and isinstance(data, list) and self.images.has(data[0]):
                     self._set_tags(self.images.get(data[0]), [reference.parse(t) for t in data[1]])
                     self.recovered.append(f"finished tagging image {data[0]}")
@@ -134,6 +134,8 @@ class Store:
                             self._untag_all(image_id)
                             self.images.delete(image_id)
                             self.recovered.append(f"finished removing image {image_id}")
+                if kind in ("add", "remove"):
+                    journal.settle(path)  # (done: a later tag or pull must not be undone by it again)
             with self._gc_allowed() as allowed:
                 if allowed:
                     chains, _ = self._sweep()

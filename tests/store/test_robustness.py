@@ -122,3 +122,22 @@ def test_an_image_of_a_thousand_layers_loads_checks_and_goes(root: Path, tmp_pat
     assert strata(root, "system", "check").stdout.decode().startswith("The store is consistent: 1 image, 1000 layers")
     strata(root, "rmi", "many:1000")
     assert Store(root).layers.all() == [] and Store(root).images.all() == []
+
+
+def test_an_interrupted_change_is_finished_once_never_again(root: Path, image_layouts: Path) -> None:
+    """A killed command's intent is completed by the next command; while another ingest keeps the
+    collection waiting, the intent stays, but must not redo its change over a later one."""
+    strata(root, "load", "-i", str(image_layouts / "oci/tiny"))
+    a = Store(root).images.all()[0].id
+    strata(root, "load", "-i", str(image_layouts / "oci/layered"))
+    b = next(r.id for r in Store(root).images.all() if r.id != a)
+    dead = Store(root).blobs.tmp / "intent-999999999-add-killed.json"  # (a pid that never runs)
+    dead.write_text(json.dumps({"kind": "add", "data": [a, ["docker.io/library/x:1"]]}))
+    holder = Store(root)
+    holder.hold_ingest_lease()  # another ingest: the collection waits
+    strata(root, "tag", b, "y:1")  # finishes the killed add: x:1 -> a
+    assert Store(root).images.tags()["docker.io/library/x:1"] == a
+    strata(root, "tag", b, "x:1")
+    strata(root, "tag", b, "z:1")  # the intent is still there (no collection yet): it must not re-tag
+    assert Store(root).images.tags()["docker.io/library/x:1"] == b
+    del holder
