@@ -58,10 +58,13 @@ def check_store(repair: bool) -> None:
     from store import check
 
     store = get_store()
-    with store.lock():
+    # (the collection lock, held throughout: no ingest starts whose new layers would look unused)
+    with store.lock(), store.gc_allowed() as alone:
         for note in store.recovered:
             click.echo(f"recovered: {note}")
-        problems, counts = check.check(store)
+        if not alone:
+            click.echo("Note: another strata process is adding to the store: unused layers and blobs not checked")
+        problems, counts = check.check(store, orphans=alone)
         if repair and problems:
             for line in check.repair(store, problems):
                 click.echo(line)

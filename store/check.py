@@ -40,8 +40,11 @@ def _hash_file(p: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def check(store: Store) -> tuple[list[Problem], dict[str, int]]:
-    """What is wrong with *store* (call under its lock), and how many of each thing it holds."""
+def check(store: Store, orphans: bool = True) -> tuple[list[Problem], dict[str, int]]:
+    """What is wrong with *store* (call under its lock), and how many of each thing it holds.
+
+    *orphans* False: another process is adding to the store, whose new layers and blobs no record
+    names yet; what nothing needs is then neither reported nor removed."""
     problems: list[Problem] = []
     bad_images: set[str] = set()
 
@@ -127,14 +130,14 @@ def check(store: Store) -> tuple[list[Problem], dict[str, int]]:
     good = [r for r in records if r.id not in bad_images]
     live_chains = {c for r in good for c in store.chain(r)}
     live_blobs = {b for r in good for b in r.blobs}
-    for layer in top_down(list(layers.values())):
+    for layer in top_down(list(layers.values())) if orphans else ():
         if layer.chain_id not in live_chains:
             add(
                 f"layer {layer.chain_id} is used by no image",
                 _layer_remover(store, layer.chain_id),
                 f"removed unused layer {layer.chain_id}",
             )
-    for b in sorted(blobs - live_blobs):
+    for b in sorted(blobs - live_blobs) if orphans else ():
         add(f"blob {b} is used by no image", _remover(store.blobs.path(b)), f"removed unused blob {b}")
     live_indexes = {store.index_cache(r).name for r in good}
     for idx in sorted(store.index_dir.glob("*.idx")):

@@ -136,7 +136,7 @@ class Store:
                             self.recovered.append(f"finished removing image {image_id}")
                 if kind in ("add", "remove"):
                     journal.settle(path)  # (done: a later tag or pull must not be undone by it again)
-            with self._gc_allowed() as allowed:
+            with self.gc_allowed() as allowed:
                 if allowed:
                     chains, _ = self._sweep()
                     self.recovered += [f"removed unused layer {c}" for c in chains]
@@ -182,7 +182,7 @@ class Store:
             self._ingest_intent = None
 
     @contextmanager
-    def _gc_allowed(self) -> Iterator[bool]:
+    def gc_allowed(self) -> Iterator[bool]:
         fd = self._lease.fileno() if self._lease is not None else None
         own = open(self.root / "gc.lock", "a+b") if fd is None else None
         target = fd if fd is not None else own.fileno()  # type: ignore[union-attr]
@@ -425,7 +425,7 @@ class Store:
 
         Skipped (left for a later rmi or prune) while another process is ingesting.
         """
-        with self._gc_allowed() as allowed:
+        with self.gc_allowed() as allowed:
             if not allowed:
                 note = (
                     "unused layers and blobs kept: another strata process is adding to the store "

@@ -106,3 +106,13 @@ def test_the_lock_removes_leftovers_of_dead_writers_and_check_says_so(store: Pat
     assert out[0] == "recovered: removed leftover temporary file tmp/blob-999999999-leftover"
     assert out[-1].startswith("The store is consistent")
     assert not (Store(store).blobs.tmp / "blob-999999999-leftover").exists()
+
+
+def test_what_another_process_is_adding_is_neither_reported_nor_repaired(store: Path) -> None:
+    orphan_layer(Store(store))  # (as a layer another process has just unpacked looks)
+    other = Store(store)
+    other.hold_ingest_lease()
+    out = strata(store, "system", "check", "--repair").stdout.decode()
+    assert "another strata process is adding to the store" in out and "removed" not in out, out
+    assert len(Store(store).layers.all()) == 6
+    del other
