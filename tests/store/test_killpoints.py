@@ -128,22 +128,24 @@ AGAIN = [["commit", "c1", "committed:1"], ["rm", "c1"], ["image", "prune", "-a",
 
 
 @pytest.mark.parametrize(
-    ("start", "args", "then"),
+    ("start", "args", "then", "hit"),
     [
-        ("empty", ["load", "-i", "{layout}"], []),
-        ("tagged", ["rmi", "layered:latest"], []),
-        ("tagged", ["tag", "layered:latest", "other:1"], []),
-        ("tagged", ["image", "prune", "-a", "-f"], []),
-        ("container", ["commit", "c1", "committed:1"], AGAIN),  # (commit again, then remove it all)
-        ("container", ["rm", "c1"], []),
-        ("tagged", ["import", "{rootfs}", "imported:1"], []),
+        ("empty", ["load", "-i", "{layout}"], [], 0.8),
+        ("tagged", ["rmi", "layered:latest"], [], 0.8),
+        ("tagged", ["tag", "layered:latest", "other:1"], [], 0.8),
+        ("tagged", ["image", "prune", "-a", "-f"], [], 0.8),
+        # (commit again, then remove it all; its layer is compressed in threads, whose writes
+        # interleave differently from run to run: fewer of the traced points come again)
+        ("container", ["commit", "c1", "committed:1"], AGAIN, 0.5),
+        ("container", ["rm", "c1"], [], 0.8),
+        ("tagged", ["import", "{rootfs}", "imported:1"], [], 0.5),
     ],
     ids=["load", "rmi", "tag", "prune", "commit", "rm", "import"],
 )
 def test_killed_command_leaves_a_consistent_store(
-    templates, tmp_path: Path, start: str, args: list[str], then: list[list[str]]
+    templates, tmp_path: Path, start: str, args: list[str], then: list[list[str]], hit: float
 ) -> None:
     layout = templates["layout"]
     args = [a.format(layout=layout, rootfs=templates["rootfs"]) for a in args]
-    n = _survives(templates[start], tmp_path, layout, args, then)
+    n = _survives(templates[start], tmp_path, layout, args, then, hit)
     print(f"{' '.join(args[:2])}: killed at {n} points, the store survived each")
