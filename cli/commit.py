@@ -54,7 +54,7 @@ def commit_cmd(
         except TimeoutError as e:
             fail(str(e))
     try:
-        found = iter_changes(stack.lowers, stack.upper, stack.index_cache)
+        found = iter_changes(stack.lowers, stack.upper, stack.index_cache, stack.work)
         changed = [ChangedPath(x.path, x.kind, x.upper_path, x.opaque) for x in found]
         record = commit(
             store, stack.image, changed, _keep_xattr, repository, author, message, list(changes), compression

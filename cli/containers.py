@@ -229,7 +229,7 @@ def umount(target: str) -> None:
 def diff(container: str, fmt: str) -> None:
     """List what changed in a container's filesystem: A (added), C (changed), D (deleted)."""
     stack = get_store().stack(container)
-    changes = sorted(iter_changes(stack.lowers, stack.upper, stack.index_cache), key=lambda x: x.path)
+    changes = sorted(iter_changes(stack.lowers, stack.upper, stack.index_cache, stack.work), key=lambda x: x.path)
     if fmt == "json":
         click.echo(json.dumps([{"Path": x.path, "Kind": {"C": 0, "A": 1, "D": 2}[x.kind]} for x in changes]))
     else:

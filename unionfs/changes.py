@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .hardlinks import lower_groups
 from .index import load_or_build
 from .upper import TMP_PREFIX
 from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat, read_redirect, upper_is_opaque
@@ -22,19 +23,61 @@ class Change:
     opaque: bool = False  # directory hides everything below it in the lowers
 
 
-def iter_changes(lowers: list[Path], upper: Path, index_cache: Path | None = None) -> Iterator[Change]:
-    """Yield the changes in *upper*, depth-first, names sorted.
+def iter_changes(
+    lowers: list[Path], upper: Path, index_cache: Path | None = None, work: Path | None = None
+) -> Iterator[Change]:
+    """Yield the changes in *upper* (and in *work*'s index of copied-up hard links), depth-first,
+    names sorted.
 
     ``A``: the path does not exist in the lowers (as seen through the upper's opaque dirs), ``C``:
     it does, ``D``: a whiteout of a path that exists in the lowers.  Opaque directories carry
     ``opaque=True``: everything the lowers have below them is deleted.  A directory renamed from
     elsewhere (a redirect) is a new directory with everything it shows: what the upper holds below
     it, and what its lower directory holds that the upper does not hide (``upper_path`` then names
-    the lower file).
+    the lower file).  A lower hard link whose inode was copied up through another link is changed
+    too (``upper_path`` names the index's copy), as the mounted tree shows it.
     """
     idx = load_or_build(lowers, index_cache)
     root = os.fsencode(os.path.realpath(upper))
     yield from _walk(idx, root, b"", -1 if upper_is_opaque(root) else 0, False)
+    if work is not None:
+        yield from _index_links(idx, root, os.path.join(os.fsencode(work), b"strata", b"index"))
+
+
+def _index_links(idx, root: bytes, index: bytes) -> Iterator[Change]:
+    """The lower hard links served from the index's copies of their inodes (still lower paths)."""
+    try:
+        names = os.listdir(index)
+    except FileNotFoundError:
+        return
+    prefix = b"%016x-" % idx.view_id
+    inos = {int(n[len(prefix) :], 16): n for n in names if n.startswith(prefix)}
+    if not inos:
+        return
+    found = []
+    for ino, group in lower_groups(idx).items():
+        if ino in inos:
+            found += [(idx.path(e), inos[ino]) for e in group if _shown(root, idx.path(e))]
+    for p, n in sorted(found):
+        yield Change(os.fsdecode(p), "C", Path(os.fsdecode(os.path.join(index, n))))
+
+
+def _shown(root: bytes, path: bytes) -> bool:
+    """Whether the upper *root* leaves lower *path* shown: nothing there, nothing hiding a parent."""
+    real, cur = root, b""
+    comps = path[1:].split(b"/")
+    for i, c in enumerate(comps):
+        if os.path.lexists(os.path.join(real, WH_PREFIX + c)):
+            return False
+        real, cur = os.path.join(real, c), cur + b"/" + c
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            return True  # (nothing in the upper from here down)
+        last = i == len(comps) - 1
+        if last or not stat.S_ISDIR(st.st_mode) or upper_is_opaque(real) or read_redirect(real, cur) is not None:
+            return False
+    return True
 
 
 def _lower_dir(idx, path: bytes) -> int:

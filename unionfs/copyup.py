@@ -171,6 +171,7 @@ class CopyUp:
         truncates the file anyway).  ENOENT if the node was unlinked while its data was copied.
         """
         if node.upper:
+            self._link_up(node)
             return
         t = self.tree
         up = t.rw()
@@ -180,6 +181,7 @@ class CopyUp:
         try:
             async with lock:  # type: ignore[attr-defined]
                 if node.upper:
+                    self._link_up(node)
                     return
                 src = t.lo.real_path(node.lower)
                 st = os.lstat(src)
@@ -195,6 +197,8 @@ class CopyUp:
                     path = node.path
                     self.ensure_dir_path(dirname(path))
                     dst = up.real(path)
+                    if st.st_nlink > 1 and t.keeps_links:
+                        os.link(tmp, up.link_path(t.view_id, node.ino))  # the other links are served from it
                     with self._parent_times(path):
                         os.rename(tmp, dst)
                 except BaseException:
@@ -203,17 +207,31 @@ class CopyUp:
                 up.set(path, K_FILE)
                 t.umap[os.lstat(dst).st_ino] = node.ino
                 node.upper = True
-                if st.st_nlink > 1:
+                if st.st_nlink > 1 and not t.keeps_links:
                     self._link_up_group(node, dst)
         finally:
             if not lock.locked():  # type: ignore[attr-defined]
                 self.locks.pop(node.ino, None)
 
-    def _link_up_group(self, node: Node, dst: bytes) -> None:
-        """Hard-link the other visible lower links of a copied-up file, preserving their identity."""
+    def _link_up(self, node: Node) -> None:
+        """Give the copied-up *node* its newest path in the upper too: a lower link of a hard-linked
+        inode copied up through another link is linked to the index's copy (as overlayfs does)."""
         t = self.tree
         up = t.rw()
-        for e in t.hard_group(node.lower):
+        if node.isdir or not node.paths or up.kind(node.path) is not None:
+            return
+        path = node.path
+        self.ensure_dir_path(dirname(path))
+        with self._parent_times(path):
+            os.link(t.real(node), up.real(path))
+        up.set(path, K_FILE)
+
+    def _link_up_group(self, node: Node, dst: bytes) -> None:
+        """Hard-link the other visible lower links of a copied-up file, preserving their identity
+        (where the upper keeps no index of links)."""
+        t = self.tree
+        up = t.rw()
+        for e in t.hard_group(node.ino):
             q = t.lo.path(e)
             if q in node.paths[-1:] or up.kind(q) is not None or t.lower_at(q) != e:
                 continue

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyfuse3
 
+from .hardlinks import lower_groups
 from .node import Node, dirname, join
 from .upper import K_DIR, K_FILE, K_OPQ, K_RDR, K_WH, Upper
 from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat
@@ -159,7 +160,9 @@ class MergedTree:
             ino = self.lo.ino(lo)
             node = self.nodes.get(ino)
             if node is None:
-                return Node(ino, path, lo, False, self.lo.is_dir(lo)), None
+                # a lower hard link whose inode was copied up through another link: served from the index
+                indexed = self.up is not None and self.lower_attr(lo).st_nlink > 1 and self.linked(ino) is not None
+                return Node(ino, path, lo, indexed, self.lo.is_dir(lo)), None
             self.add_path(node, path)
             return node, None
         real = self.up.real(path)
@@ -203,17 +206,23 @@ class MergedTree:
     def _upper_attr(self, node: Node, st: os.stat_result | None) -> pyfuse3.EntryAttributes:
         if st is None:
             try:
-                st = os.lstat(self.up.real(node.path))  # type: ignore[union-attr]
+                st = os.lstat(self.real(node))
             except FileNotFoundError:
                 raise fuse_error(errno.ENOENT) from None
         a = pyfuse3.EntryAttributes()
         a.st_mode, a.st_nlink, a.st_uid, a.st_gid = st.st_mode, st.st_nlink, st.st_uid, st.st_gid
+        hard = False  # a link of a lower hard-linked inode: see _new_lower_attr
+        if st.st_nlink > 1 and not node.isdir:
+            index = self.linked(node.ino)
+            if index is not None and index.st_ino == st.st_ino:  # the upper's links, less the index's own, and
+                a.st_nlink = st.st_nlink - 1 + len(self.lower_links(node.ino))  # the lower ones still shown
+                hard = True
         a.st_rdev, a.st_size, a.st_blocks = st.st_rdev, st.st_size, st.st_blocks
         a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
         a.attr_timeout = UPPER_TIMEOUT
         if node.isdir and node.lower >= 0:
             a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
-        a.entry_timeout = LOWER_TIMEOUT
+        a.entry_timeout = 0 if hard else LOWER_TIMEOUT
         a.st_ino = node.ino
         a.st_blksize = 4096
         return a
@@ -245,6 +254,10 @@ class MergedTree:
         if stat.S_ISDIR(a.st_mode):
             a.st_nlink = 1  # merged: the subdirectory count is unknown (as overlayfs; find -noleaf)
         a.attr_timeout = a.entry_timeout = LOWER_TIMEOUT
+        if a.st_nlink > 1 and self.up is not None:
+            # a lower hard link: its links are one inode, but a copy-up (as overlayfs's) brings only the
+            # link it is reached by into the upper, and only a lookup tells the server which link that is
+            a.entry_timeout = 0
         a.st_ino = self.lo.ino(e)
         a.st_blksize = 4096
         return a
@@ -263,8 +276,23 @@ class MergedTree:
 
     def real(self, node: Node) -> bytes:
         if node.upper:
-            return self.up.real(node.path)  # type: ignore[union-attr]
+            up = self.up
+            assert up is not None
+            p = node.path
+            if not node.isdir and up.kind(p) is None:  # a lower link of a copied-up hard-linked inode
+                return up.link_path(self.view_id, node.ino)  # type: ignore[arg-type]
+            return up.real(p)
         return self.lo.real_path(node.lower)
+
+    @property
+    def keeps_links(self) -> bool:
+        """Whether a copied-up lower hard link goes into the upper's index (its other links staying
+        lower), as overlayfs's index=on: the upper has an index, and the lower a stable numbering."""
+        return self.up is not None and self.up.links is not None and self.view_id is not None
+
+    def linked(self, ino: int) -> os.stat_result | None:
+        """The index's copy of the lower hard link *ino*, if one of its links was copied up."""
+        return self.up.linked(self.view_id, ino) if self.keeps_links else None  # type: ignore[union-attr,arg-type]
 
     def listing(self, node: Node) -> list[tuple[bytes, int]]:
         """Merged children of *node*: (name, lower entry or -1 when served by the upper), sorted."""
@@ -293,23 +321,20 @@ class MergedTree:
                     names[n] = e
         return sorted(names.items())
 
-    def hard_group(self, entry: int) -> list[int]:
-        """The lower entries that are hard links of lower entry *entry*."""
+    def hard_group(self, ino: int) -> list[int]:
+        """The lower entries that are hard links of inode *ino*."""
         if self._groups is None:
-            groups: dict[int, list[int]] = {}
-            lo = self.lo
-            meta = getattr(lo, "meta", None)
-            if meta is not None:  # Index: scan the nlink column with array slicing
-                w = len(meta) // lo.count
-                candidates = [i for i, n in enumerate(meta[1::w]) if n > 1]
-            else:
-                candidates = range(lo.count)
-            for i in candidates:
-                s = lo.stat(i)
-                if s[1] > 1 and not stat.S_ISDIR(s[0]):
-                    groups.setdefault(lo.ino(i), []).append(i)
-            self._groups = groups
-        return self._groups.get(self.lo.ino(entry), [])
+            self._groups = lower_groups(self.lo)
+        return self._groups.get(ino, [])
+
+    def lower_links(self, ino: int) -> list[bytes]:
+        """The paths where lower hard links of inode *ino* are still shown (not hidden or replaced)."""
+        up = self.up
+        return [
+            q
+            for q, e in ((self.lo.path(e), e) for e in self.hard_group(ino))
+            if (up is None or up.kind(q) is None) and self.lower_at(q) == e
+        ]
 
     def move_paths(self, src: bytes, dst: bytes, node: Node) -> None:
         """Re-path the cached nodes at *src* (and, for the directory *node*, below it) to *dst*.

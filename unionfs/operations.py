@@ -430,9 +430,9 @@ class UnionOperations(pyfuse3.Operations):
         node, _ = self.t.resolve(parent, name)
         if node.isdir:
             raise fuse_error(errno.EISDIR)
-        if not node.upper and self.lo.stat(node.lower)[1] > 1:
-            # a lower hard link: copy the inode up with all its visible links first, so the links
-            # that remain show the right nlink (as overlayfs with index=on does)
+        if renames.lower_link(self.t, node):
+            # copy the inode up first, so that the links that remain show the right nlink (as
+            # overlayfs with index=on does)
             await self.cu.copy_up(node)
             node, _ = self.t.resolve(parent, name)  # (after the await: as it is now)
         path = join(parent.path, name)
@@ -499,6 +499,8 @@ class UnionOperations(pyfuse3.Operations):
                 return
             moving = [src, dst] if flags & RENAME_EXCHANGE else [src]
             pending = [n for n in moving if n is not None and not renames.in_upper(self.t, n)]
+            if not flags & RENAME_EXCHANGE and renames.lower_link(self.t, dst):
+                pending.append(dst)  # type: ignore[arg-type]
             if not pending:
                 break
             for n in pending:

@@ -21,7 +21,15 @@ from .upper import K_DIR, K_FILE, K_RDR, UPPER_DIRS
 def in_upper(t: MergedTree, node: Node) -> bool:
     """Whether *node* can move within the upper as it is (a directory: if it merges with no lower
     directory, or with one by a redirect, which moves with it)."""
-    return node.upper and (not node.isdir or node.lower < 0 or t.rw().kind(node.path) == K_RDR)
+    if not node.isdir:  # (a copied-up hard link may still be shown at a lower path)
+        return node.upper and t.rw().kind(node.path) is not None
+    return node.upper and (node.lower < 0 or t.rw().kind(node.path) == K_RDR)
+
+
+def lower_link(t: MergedTree, node: Node | None) -> bool:
+    """Whether *node* is a lower hard link not yet copied up: replacing one of its links changes
+    the link count the others show, which only the upper's copy can keep (so it is copied up)."""
+    return node is not None and not node.upper and not node.isdir and t.lower_attr(node.lower).st_nlink > 1
 
 
 def check(
@@ -119,4 +127,4 @@ def _hide_below(t: MergedTree, path: bytes, node: Node, below: bool) -> None:
         node.lower = -1
 
 
-__all__ = ["check", "exchange", "in_upper", "rename"]
+__all__ = ["check", "exchange", "in_upper", "lower_link", "rename"]

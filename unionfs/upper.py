@@ -6,7 +6,9 @@ whiteouts are char devices 0/0 (``.wh.NAME`` files when mknod is impossible or
 ``trusted.overlay.opaque=y`` (``.wh..wh..opq`` in ``.wh.`` mode), a directory renamed away from
 its lower path carries ``trusted.overlay.redirect=LOWERPATH`` (``user.overlay.redirect`` rootless).
 Temporary files live in the work directory (``WORK/strata``) when it shares the upper's
-filesystem, else in the target directory under a hidden ``.wh..strata-tmp-*`` name.
+filesystem, else in the target directory under a hidden ``.wh..strata-tmp-*`` name.  There too
+``WORK/strata/index/VIEW-INO`` links each copied-up lower hard link, as overlayfs's index=on keeps
+its ``WORK/index``: the other links of that inode stay lower, and are served from it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Upper:
         self.durable = durable  # copy-ups fsync their data (False: mounted volatile)
         self.claim_fd: int | None = None  # the lock that makes this mount's server its only one
         self.tmpdir: bytes | None = None
+        self.links: bytes | None = None  # the index of copied-up lower hard links (see above)
         if work is not None:
             w = os.path.join(os.fsencode(os.path.realpath(work)), b"strata")
             os.makedirs(w, exist_ok=True)
@@ -61,6 +64,8 @@ class Upper:
                 for n in os.listdir(w):
                     if n.startswith(b"tmp-"):
                         remove_any(os.path.join(w, n))
+                self.links = os.path.join(w, b"index")
+                os.makedirs(self.links, exist_ok=True)
         probe_in = self.tmpdir or self.root
         self.wh = WhiteoutWriter(probe_kernel_whiteouts(probe_in))
         # trusted.* needs CAP_SYS_ADMIN; without it (rootless) the user namespace holds the origin
@@ -90,6 +95,17 @@ class Upper:
             return None
         ino, recorded = _ORIGIN.unpack(v)
         return ino if recorded == view else None
+
+    def link_path(self, view: int, ino: int) -> bytes:
+        """Where the index keeps the copied-up lower hard link of inode *ino* of view *view*."""
+        return os.path.join(self.links, b"%016x-%x" % (view, ino))  # type: ignore[arg-type]
+
+    def linked(self, view: int, ino: int) -> os.stat_result | None:
+        """The index's copy of lower hard link *ino*, if it was copied up."""
+        try:
+            return os.lstat(self.link_path(view, ino))
+        except FileNotFoundError:
+            return None
 
     # -- paths ---------------------------------------------------------------------------------
     def real(self, path: bytes) -> bytes:

@@ -21,11 +21,6 @@ from unionfs.mount import MountSpec, mount, unmount
 CONFORMANCE = SHARED / "conformance"
 PJDFSTEST_BUILD = Path(__file__).resolve().parents[2] / ".venv" / "pjdfstest"
 
-# Strict unionmount tests that need what strata does not do yet: kernel overlayfs with index=on
-# copies up one hard link of a lower file alone, into its index; strata copies up every visible
-# link of the file, so the suite finds upper files it does not expect.
-STRICT_NOT_YET = {"rename-mass-5"}
-
 pytestmark = [
     pytest.mark.skipif(not CONFORMANCE.is_dir(), reason=f"{CONFORMANCE} is not there"),
     pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"),
@@ -109,5 +104,5 @@ def test_unionmount_no_xdev() -> None:
 def test_unionmount_strict() -> None:
     results, out = _unionmount("--no-xdev", "--layers", "3", "--flag", "--verify")
     assert len(results) == 58, out[-3000:]
-    failed = {t for t, v in results.items() if v == "FAIL"}
-    assert failed <= STRICT_NOT_YET, f"failing beyond the known ones: {sorted(failed - STRICT_NOT_YET)}\n{out[-3000:]}"
+    failed = sorted(t for t, v in results.items() if v == "FAIL")
+    assert not failed, f"failing: {failed}\n{out[-3000:]}"

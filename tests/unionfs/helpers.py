@@ -180,7 +180,7 @@ class Mounts:
 
     def kernel_overlay(self, lowers: list[Path], upper: Path, work: Path, mp: Path) -> Path:
         opts = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work},redirect_dir=on,index=on"
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)], check=True)
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)], check=True, timeout=30)
         return self.add(mp)
 
     def close(self) -> None:
@@ -189,5 +189,5 @@ class Mounts:
                 if mount_state(mp) != "unmounted":
                     unmount(mp)
             except Exception:  # noqa: BLE001
-                subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+                subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=30)
         self.points.clear()
