@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import sys
@@ -18,6 +19,8 @@ from store.errors import StoreError
 from store.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+# what the machine, not the program, did wrong: reported as one line, like a user's error
+SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def get_store(ctx: click.Context | None = None) -> Store:
@@ -49,6 +52,11 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             _abandon()
             sys.exit(130)
+        except OSError as e:
+            if e.errno not in SYSTEM_ERRNOS:
+                raise
+            _abandon()  # (what this command stored so far frees the disk again)
+            fail(f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror))
         except BrokenPipeError:
             sys.exit(1)
 

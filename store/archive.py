@@ -9,6 +9,7 @@ import platform
 import shutil
 import tarfile
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from . import digest as dg
 from . import mediatypes as mt
 from . import reference
 from .blobs import tmp_prefix
-from .compression import DECOMPRESS_ERRORS, detect, open_decompressed
+from .compression import DECOMPRESS_ERRORS, detect, disk_error, open_decompressed
 from .errors import InvalidInput, NotFound, StoreError
 from .images import ImageRecord, LayerRef, Variant
 from .layers import chain_id
@@ -35,6 +36,7 @@ class Loaded:
 class _Source(Protocol):
     def open(self, name: str) -> BinaryIO: ...
     def exists(self, name: str) -> bool: ...
+    def done(self, name: str) -> None: ...
 
 
 class _DirSource:
@@ -53,6 +55,9 @@ class _DirSource:
     def exists(self, name: str) -> bool:
         return (self.root / _member_name(name)).is_file()
 
+    def done(self, name: str) -> None:
+        """*name* is not read again (nothing to free here)."""
+
 
 class _TarSource:
     def __init__(self, tar: tarfile.TarFile) -> None:
@@ -69,6 +74,46 @@ class _TarSource:
 
     def exists(self, name: str) -> bool:
         return _member_name(name) in self.members
+
+    def done(self, name: str) -> None:
+        """*name* is not read again (nothing to free here)."""
+
+
+class _StreamSource:
+    """The members of a tar stream, each kept in a temporary file of its own as it comes (a stream
+    cannot be read twice, and its manifest comes last).  A member is deleted once it is not needed
+    any more, so a load's disk peaks at what it stores plus the layers not stored yet, not at a
+    second copy of the whole archive."""
+
+    def __init__(self, tar: tarfile.TarFile, tmpdir: Path) -> None:
+        self.dir = tmpdir
+        self.files: dict[str, Path] = {}
+        for i, m in enumerate(tar):
+            name = _member_name(m.name)
+            if m.isreg():
+                f = tar.extractfile(m)
+                assert f is not None
+                p = tmpdir / str(i)
+                with open(p, "wb") as out:
+                    shutil.copyfileobj(f, out, dg.CHUNK)
+                self.files[name] = p
+            elif m.islnk() and _member_name(m.linkname) in self.files:
+                self.files[name] = self.files[_member_name(m.linkname)]
+
+    def open(self, name: str) -> BinaryIO:
+        p = self.files.get(_member_name(name))
+        if p is None:
+            raise InvalidInput(f"archive is missing {name!r}")
+        return open(p, "rb")
+
+    def exists(self, name: str) -> bool:
+        return _member_name(name) in self.files
+
+    def done(self, name: str) -> None:
+        """*name* is not read again: free its file, unless another name links to it."""
+        p = self.files.pop(_member_name(name), None)
+        if p is not None and p not in self.files.values():
+            p.unlink(missing_ok=True)
 
 
 def _member_name(name: str) -> str:
@@ -88,8 +133,9 @@ def _read_json(src: _Source, name: str, limit: int = 64 << 20) -> object:
 def _open_source(store: Store, source: Path | BinaryIO) -> Iterator[_Source]:
     """A random-access view of a directory, a tar file, or a (compressed) tar stream.
 
-    A plain tar file is read in place; only a stream or a compressed file is spooled (decompressed:
-    a tar's members are read in the order its manifest names them, not the order they come in).
+    A plain tar file is read in place; a stream or a compressed file is read once, its members
+    kept until they are loaded (a tar's members are read in the order its manifest names them, not
+    the order they come in).
     """
     if isinstance(source, Path) and source.is_dir():
         yield _DirSource(source)
@@ -110,15 +156,18 @@ def _open_source(store: Store, source: Path | BinaryIO) -> Iterator[_Source]:
             return
         if raw.seekable():
             raw.seek(0)
-        with tempfile.TemporaryFile(dir=store.blobs.tmp, prefix=tmp_prefix("load")) as spool:
+        with tempfile.TemporaryDirectory(dir=store.blobs.tmp, prefix=tmp_prefix("load")) as tmp:
             try:
                 plain, _ = open_decompressed(raw)
-                shutil.copyfileobj(plain, spool, dg.CHUNK)  # type: ignore[misc]
-            except DECOMPRESS_ERRORS as e:
+                with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
+                    src = _StreamSource(tar, Path(tmp))
+            except tarfile.ReadError as e:
+                raise InvalidInput(f"not a tar archive: {e}") from None
+            except (*DECOMPRESS_ERRORS, tarfile.TarError, EOFError) as e:
+                if disk_error(e):
+                    raise
                 raise InvalidInput(f"archive is corrupt or truncated: {e}") from None
-            spool.seek(0)
-            with _tar_source(spool) as src:  # type: ignore[arg-type]
-                yield src
+            yield src
 
 
 @contextmanager
@@ -150,31 +199,54 @@ def _digest_in_name(name: str) -> str | None:
     return "sha256:" + base if dg.is_digest("sha256:" + base) else None
 
 
-def _ingest_layers(
-    store: Store, src: _Source, config: dict, layers: list[tuple[str, str | None, str | None]]
-) -> list[LayerRef]:
-    """layers: (member name, expected blob digest, media type or None to detect)."""
-    diff_ids = config["rootfs"]["diff_ids"]
-    if len(diff_ids) != len(layers):
-        raise InvalidInput(f"image has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids")
-    refs: list[LayerRef] = []
-    parent = None
-    for i, (name, expected, media_type) in enumerate(layers):
-        if media_type is None:
+@dataclass
+class _Planned:
+    """An image of the archive, read and checked but not stored yet."""
+
+    config_bytes: bytes
+    layers: list[tuple[str, str | None, str | None]]  # (member, expected blob digest, media type or None)
+    tags: list[reference.Reference]
+    manifest_bytes: bytes | None = None
+    manifest_media_type: str = mt.OCI_MANIFEST
+
+
+def _store_all(store: Store, src: _Source, plans: list[_Planned]) -> list[Loaded]:
+    """Ingest the images' layers and record the images; each member is freed after its last use."""
+    uses = Counter(name for plan in plans for name, _, _ in plan.layers)
+    out = []
+    for plan in plans:
+        diff_ids = _config(plan.config_bytes)["rootfs"]["diff_ids"]
+        if len(diff_ids) != len(plan.layers):
+            raise InvalidInput(f"image has {len(plan.layers)} layers but its config lists {len(diff_ids)} diff_ids")
+        refs: list[LayerRef] = []
+        parent = None
+        for (name, expected, media_type), diff_id in zip(plan.layers, diff_ids, strict=True):
+            if media_type is None:
+                with src.open(name) as f:
+                    media_type = mt.layer_type_for(detect(f.read(4)))
             with src.open(name) as f:
-                media_type = mt.layer_type_for(detect(f.read(4)))
-        with src.open(name) as f:
-            ref = store.ingest_layer(f, parent, diff_ids[i], media_type, expected, what=f"layer {name}")
-        refs.append(ref)
-        parent = chain_id(parent, ref.diff_id)
-    return refs
+                ref = store.ingest_layer(f, parent, diff_id, media_type, expected, what=f"layer {name}")
+            uses[name] -= 1
+            if not uses[name]:
+                src.done(name)
+            refs.append(ref)
+            parent = chain_id(parent, ref.diff_id)
+        record = store.add_image(
+            plan.config_bytes,
+            refs,
+            tags=plan.tags,
+            manifest_bytes=plan.manifest_bytes,
+            manifest_media_type=plan.manifest_media_type,
+        )
+        out.append(Loaded(record, plan.tags))
+    return out
 
 
 def _load_docker(store: Store, src: _Source) -> list[Loaded]:
     entries = _read_json(src, "manifest.json")
     if not isinstance(entries, list):
         raise InvalidInput("manifest.json is not a list of images")
-    out = []
+    plans = []
     for entry in entries:
         try:
             config_name, layer_names = entry["Config"], list(entry["Layers"])
@@ -184,11 +256,9 @@ def _load_docker(store: Store, src: _Source) -> list[Loaded]:
         with src.open(config_name) as f:
             config_bytes = f.read()
         dg.check(dg.of_bytes(config_bytes), _digest_in_name(config_name), f"config {config_name}")
-        config = _config(config_bytes)
         layers = [(n, _digest_in_name(n) if n.startswith("blobs/") else None, None) for n in layer_names]
-        refs = _ingest_layers(store, src, config, layers)
-        out.append(Loaded(store.add_image(config_bytes, refs, tags=tags), tags))
-    return out
+        plans.append(_Planned(config_bytes, layers, tags))
+    return _store_all(store, src, plans)
 
 
 def _host_platform() -> tuple[str, str]:
@@ -201,7 +271,7 @@ def _load_oci(store: Store, src: _Source) -> list[Loaded]:
     index = _read_json(src, "index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise InvalidInput("index.json has no manifests list")
-    out = []
+    plans = []
     for desc in index["manifests"]:
         annotations = desc.get("annotations") or {}
         name = annotations.get("io.containerd.image.name") or annotations.get("org.opencontainers.image.ref.name")
@@ -209,8 +279,8 @@ def _load_oci(store: Store, src: _Source) -> list[Loaded]:
         if name and ("/" in name or ":" in name):
             tags = [reference.parse(name)]
         manifest_digest, media_type = _pick_manifest(src, desc)
-        out.append(Loaded(_load_oci_manifest(store, src, manifest_digest, media_type, tags), tags))
-    return out
+        plans.append(_plan_oci_manifest(src, manifest_digest, media_type, tags))
+    return _store_all(store, src, plans)
 
 
 def _blob_name(d: str) -> str:
@@ -243,21 +313,13 @@ def _pick_manifest(src: _Source, desc: dict) -> tuple[str, str]:
     raise NotFound(f"no image for {os_name}/{arch} in the index (it has: {platforms})")
 
 
-def _load_oci_manifest(store: Store, src: _Source, d: str, media_type: str, tags: list) -> ImageRecord:
+def _plan_oci_manifest(src: _Source, d: str, media_type: str, tags: list) -> _Planned:
     manifest_bytes = _read_blob(src, d)
     manifest = json.loads(manifest_bytes)
-    config_digest = dg.validate(manifest["config"]["digest"])
-    config_bytes = _read_blob(src, config_digest)
-    config = _config(config_bytes)
+    config_bytes = _read_blob(src, dg.validate(manifest["config"]["digest"]))
+    _config(config_bytes)
     layers = [(_blob_name(x["digest"]), x["digest"], x["mediaType"]) for x in manifest["layers"]]
-    refs = _ingest_layers(store, src, config, layers)
-    return store.add_image(
-        config_bytes,
-        refs,
-        tags=tags,
-        manifest_bytes=manifest_bytes,
-        manifest_media_type=manifest.get("mediaType", media_type),
-    )
+    return _Planned(config_bytes, layers, tags, manifest_bytes, manifest.get("mediaType", media_type))
 
 
 def _config(data: bytes) -> dict:

@@ -70,3 +70,8 @@ def open_decompressed(raw: BinaryIO) -> tuple[BinaryIO, str]:
 
 
 DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (EOFError, zstandard.ZstdError, OSError, ValueError)
+
+
+def disk_error(e: BaseException) -> bool:
+    """Whether *e*, raised while decompressing, is the system's (ENOSPC, EIO) and not the data's."""
+    return isinstance(e, OSError) and e.errno is not None

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from . import digest as dg
 from .blobs import tmp_prefix
-from .compression import DECOMPRESS_ERRORS, open_decompressed
+from .compression import DECOMPRESS_ERRORS, disk_error, open_decompressed
 from .errors import InvalidInput, NotFound
 from .tarlayer import Unpacker, unpack
 
@@ -96,6 +96,8 @@ class LayerStore:
                 result = unpack(hashing, work / "diff", self._lowers(parent))
                 hashing.drain()
             except DECOMPRESS_ERRORS as e:
+                if disk_error(e):
+                    raise
                 raise InvalidInput(f"{what}: corrupt or truncated data ({e})") from None
             dg.check(hashing.digest, diff_id, f"{what} (uncompressed)")
             layer = Layer(chain_id(parent, hashing.digest), hashing.digest, parent, result.size, result.lost)

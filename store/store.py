@@ -25,7 +25,7 @@ from . import digest as dg
 from . import journal, reference
 from . import mediatypes as mt
 from .blobs import BlobStore, BlobWriter
-from .compression import DECOMPRESS_ERRORS, open_decompressed
+from .compression import DECOMPRESS_ERRORS, disk_error, open_decompressed
 from .containers import Container, ContainerIndex
 from .errors import Ambiguous, Conflict, InvalidInput, NotFound
 from .images import ImageIndex, ImageRecord, LayerRef, Variant
@@ -541,6 +541,8 @@ def _verify_uncompressed(stream: BinaryIO, diff_id: str | None, what: str) -> No
         hashing = dg.HashingReader(plain)
         hashing.drain()
     except DECOMPRESS_ERRORS as e:
+        if disk_error(e):
+            raise
         raise InvalidInput(f"{what}: corrupt or truncated data ({e})") from None
     dg.check(hashing.digest, diff_id, f"{what} (uncompressed)")
 
