@@ -197,7 +197,7 @@ def umount(target: str) -> None:
     mounted = {str(Path(c.mountpoint)): c for c in store.containers.all() if c.mountpoint}
     # (os.path's tests: a mount that answers EIO is no error of theirs)
     c = mounted.get(str(path.resolve())) if os.path.lexists(path) or os.path.isabs(target) else None
-    if c is None and not os.path.isdir(path):
+    if c is None and not os.path.isdir(path) and mount_state(path) == "unmounted":
         try:
             c = store.containers.find(target)
         except NotFound:

@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -184,3 +185,36 @@ def test_mount_t_fuse_strata_overlay(tmp_path: Path, mnt: Path) -> None:
     assert (mnt / "etc/hello").read_text() == "hello\n" and is_mounted(mnt)
     subprocess.run(["umount", str(mnt)], check=True)
     assert not is_mounted(mnt)
+
+
+EIO_SERVER = """
+import errno, sys
+import pyfuse3, trio
+
+class EIO(pyfuse3.Operations):
+    async def getattr(self, inode, ctx=None):
+        raise pyfuse3.FUSEError(errno.EIO)
+
+    async def statfs(self, ctx):
+        raise pyfuse3.FUSEError(errno.EIO)
+
+pyfuse3.init(EIO(), sys.argv[1], ["fsname=eio"])
+print("ready", flush=True)
+trio.run(pyfuse3.main)
+"""
+
+
+def test_umount_of_a_mount_that_answers_eio(root: Path, mnt: Path) -> None:
+    """A server that answers every request with EIO: umount still unmounts it, in one line, no traceback."""
+    server = subprocess.Popen([sys.executable, "-c", EIO_SERVER, str(mnt)], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+        with pytest.raises(OSError) as e:
+            os.stat(mnt)
+        assert e.value.errno == errno.EIO
+        proc = strata(root, "umount", str(mnt))
+        assert "Traceback" not in proc.stderr.decode() and not is_mounted(mnt)
+        assert server.wait(timeout=20) == 0
+    finally:
+        server.kill()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
