@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .hardlinks import lower_groups
 from .index import load_or_build
+from .lowerview import dir_at, lower_groups
 from .upper import TMP_PREFIX
 from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat, read_redirect, upper_is_opaque
 
@@ -80,15 +80,6 @@ def _shown(root: bytes, path: bytes) -> bool:
     return True
 
 
-def _lower_dir(idx, path: bytes) -> int:
-    e = 0
-    for c in path[1:].split(b"/") if path != b"/" else ():
-        e = idx.lookup(e, c)
-        if e < 0:
-            return -1
-    return e if idx.is_dir(e) else -1
-
-
 def _walk(idx, real: bytes, path: bytes, lower: int, moved: bool) -> Iterator[Change]:
     """The changes below the upper directory *real* (merged *path*), which merges with lower entry
     *lower*; *moved*: it lies in a redirected directory, where all it shows is new."""
@@ -124,7 +115,7 @@ def _walk(idx, real: bytes, path: bytes, lower: int, moved: bool) -> Iterator[Ch
             opq = upper_is_opaque(up)
             target = None if opq else read_redirect(up, p)
             if target is not None:
-                sub = _lower_dir(idx, target)
+                sub = dir_at(idx, target)
                 yield Change(sp, kind, Path(os.fsdecode(up)), e >= 0 and not moved)
                 yield from _walk(idx, up, p, sub, True)
                 continue

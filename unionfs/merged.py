@@ -17,7 +17,7 @@ from typing import Any
 
 import pyfuse3
 
-from .hardlinks import lower_groups
+from .lowerview import dir_at, lower_groups
 from .node import Node, dirname, join
 from .upper import K_DIR, K_FILE, K_OPQ, K_RDR, K_WH, Upper
 from .whiteout import OPAQUE_NAME, WH_PREFIX, is_whiteout_stat
@@ -130,19 +130,10 @@ class MergedTree:
                     return -1
         return e
 
-    def lower_entry(self, path: bytes) -> int:
-        """The lower directory at lower path *path* (the upper not consulted), or -1."""
-        e = 0
-        for c in path[1:].split(b"/") if path != b"/" else ():
-            e = self.lo.lookup(e, c)
-            if e < 0:
-                return -1
-        return e if self.lo.is_dir(e) else -1
-
     def redirected(self, path: bytes) -> int:
         """The lower directory that the redirected upper directory *path* merges with, or -1."""
         target = self.up.redirect(path)  # type: ignore[union-attr]
-        return self.lower_entry(target) if target is not None else -1
+        return dir_at(self.lo, target) if target is not None else -1
 
     def resolve(self, parent: Node, name: bytes, lo: int | None = None) -> tuple[Node, os.stat_result | None]:
         """The node at *name* in directory *parent* (not yet referenced) or ENOENT."""

@@ -1,4 +1,5 @@
-"""Hard links in the lower view: which lower entries are links of one inode."""
+"""Queries over a lower view (an :class:`~unionfs.index.Index` or a ``ProbeLower``) that take more
+than one entry: the directory at a path, the hard-link groups."""
 
 from __future__ import annotations
 
@@ -20,3 +21,13 @@ def lower_groups(lo: Any) -> dict[int, list[int]]:
         if s[1] > 1 and not stat.S_ISDIR(s[0]):
             groups.setdefault(lo.ino(i), []).append(i)
     return groups
+
+
+def dir_at(lo: Any, path: bytes) -> int:
+    """The lower directory at lower path *path* (b"/..."), or -1."""
+    e = 0
+    for c in path[1:].split(b"/") if path != b"/" else ():
+        e = lo.lookup(e, c)
+        if e < 0:
+            return -1
+    return e if lo.is_dir(e) else -1
