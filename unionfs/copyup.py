@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .libc import RENAME_NOREPLACE, renameat2
 from .merged import MergedTree
@@ -114,6 +114,9 @@ class CopyUp:
     def __init__(self, tree: MergedTree) -> None:
         self.tree = tree
         self.locks: dict[int, object] = {}  # inode -> trio.Lock of a copy-up in progress
+        # told the inode whose attributes a copy-up changed (its ctime, a directory's too), which
+        # the kernel may hold cached from the lower entry; the server invalidates them
+        self.changed: Callable[[int], None] = lambda ino: None
 
     def ensure_dir_path(self, path: bytes) -> None:
         """Make the upper hold directory *path* and its ancestors, each copied up atomically: made
@@ -149,6 +152,7 @@ class CopyUp:
             n = t.nodes.get(ino)
             if n is not None:
                 n.upper = True
+                self.changed(ino)
 
     def ensure_dir(self, node: Node) -> None:
         self.ensure_dir_path(node.path)
@@ -158,10 +162,14 @@ class CopyUp:
     def _parent_times(self, path: bytes) -> Iterator[None]:
         """Keep the times of *path*'s upper parent across a copy-up into it (as overlayfs does: a
         copy-up changes no directory the user sees)."""
-        parent = self.tree.up.real(dirname(path))  # type: ignore[union-attr]
+        t = self.tree
+        parent = t.up.real(dirname(path))  # type: ignore[union-attr]
         st = os.lstat(parent)
         yield
         os.utime(parent, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        node = t.at.get(dirname(path))  # (its ctime changed all the same)
+        if node is not None:
+            self.changed(node.ino)
 
     async def copy_up(self, node: Node, data: bool = True) -> None:
         """Copy a lower non-directory into the upper (data in a worker thread), keeping its inode.
@@ -207,6 +215,7 @@ class CopyUp:
                 up.set(path, K_FILE)
                 t.umap[os.lstat(dst).st_ino] = node.ino
                 node.upper = True
+                self.changed(node.ino)
                 if st.st_nlink > 1 and not t.keeps_links:
                     self._link_up_group(node, dst)
         finally:
@@ -214,17 +223,19 @@ class CopyUp:
                 self.locks.pop(node.ino, None)
 
     def _link_up(self, node: Node) -> None:
-        """Give the copied-up *node* its newest path in the upper too: a lower link of a hard-linked
-        inode copied up through another link is linked to the index's copy (as overlayfs does)."""
+        """Give the copied-up *node* the path it was reached by in the upper too: a lower link of a
+        hard-linked inode copied up through another link is linked to the index's copy (as
+        overlayfs does).  Reached through a removed link's descriptor: no other link is."""
         t = self.tree
         up = t.rw()
-        if node.isdir or not node.paths or up.kind(node.path) is not None:
+        if node.isdir or not node.paths or not node.fresh or up.kind(node.path) is not None:
             return
         path = node.path
         self.ensure_dir_path(dirname(path))
         with self._parent_times(path):
             os.link(t.real(node), up.real(path))
         up.set(path, K_FILE)
+        self.changed(node.ino)
 
     def _link_up_group(self, node: Node, dst: bytes) -> None:
         """Hard-link the other visible lower links of a copied-up file, preserving their identity

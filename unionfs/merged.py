@@ -203,7 +203,7 @@ class MergedTree:
         a = pyfuse3.EntryAttributes()
         a.st_mode, a.st_nlink, a.st_uid, a.st_gid = st.st_mode, st.st_nlink, st.st_uid, st.st_gid
         hard = False  # a link of a lower hard-linked inode: see _new_lower_attr
-        if st.st_nlink > 1 and not node.isdir:
+        if not node.isdir and self.keeps_links and self.hard_group(node.ino):
             index = self.linked(node.ino)
             if index is not None and index.st_ino == st.st_ino:  # the upper's links, less the index's own, and
                 a.st_nlink = st.st_nlink - 1 + len(self.lower_links(node.ino))  # the lower ones still shown

@@ -17,7 +17,7 @@ class Node:
     """One inode: the merged paths that reach it (newest last; none once it is unlinked), where it
     is served from, and the descriptors the server holds open for it."""
 
-    __slots__ = ("ino", "paths", "lower", "upper", "isdir", "nlookup", "fds")
+    __slots__ = ("ino", "paths", "lower", "upper", "isdir", "nlookup", "fds", "fresh")
 
     def __init__(self, ino: int, path: bytes, lower: int, upper: bool, isdir: bool) -> None:
         self.ino = ino
@@ -27,6 +27,10 @@ class Node:
         self.isdir = isdir
         self.nlookup = 0
         self.fds: list[int] = []
+        # whether the newest path is the one last reached by (not removed since): a request that
+        # names only the inode (fchmod, a write's dropped privileges) came through it, or through
+        # a descriptor of a removed one
+        self.fresh = True
 
     @property
     def path(self) -> bytes:
@@ -38,8 +42,10 @@ class Node:
         if p in self.paths:
             self.paths.remove(p)
         self.paths.append(p)
+        self.fresh = True
 
     def remove_path(self, p: bytes) -> None:
         """*p* no longer reaches this inode (its last path gone: the inode lives on while open)."""
         if p in self.paths:
+            self.fresh = self.fresh and p != self.paths[-1]
             self.paths.remove(p)

@@ -60,9 +60,15 @@ def _fuse_errors(fn: Callable) -> Callable:
 
 def _acl_changed(inode: int, name: bytes) -> None:
     """An access ACL sets the mode bits too: the kernel's cached mode, which its permission checks
-    read, must go (attributes only: nothing that waits on this request's locks)."""
+    read, must go."""
     if name == b"system.posix_acl_access":
-        pyfuse3.invalidate_inode(inode, attr_only=True)
+        _attr_changed(inode)
+
+
+def _attr_changed(inode: int) -> None:
+    """Drop the kernel's cached attributes of *inode* (attributes only: nothing that waits on the
+    locks of the request being served)."""
+    pyfuse3.invalidate_inode(inode, attr_only=True)
 
 
 def _nofollow(at: bytes | int) -> dict[str, bool]:
@@ -87,6 +93,10 @@ class UnionOperations(pyfuse3.Operations):
         self.no_open = upper is None and PATCHED_PYFUSE3
         self.fds: dict[int, int] = {}  # no_open: inode -> fd of the lower file serving it
         self.handles: dict[int, Node] = {}  # open file handle (a descriptor) -> its node
+
+    def init(self) -> None:
+        """The session is up: the kernel can now be told what its caches hold no more."""
+        self.cu.changed = _attr_changed
 
     @property
     def nodes(self) -> dict[int, Node]:
@@ -383,7 +393,7 @@ class UnionOperations(pyfuse3.Operations):
             raise fuse_error(errno.EPERM)
         await self.cu.copy_up(node)
         _parent, path, _ = self._prepare_new(new_parent_inode, new_name)
-        os.link(up.real(node.path), up.real(path))
+        os.link(self.t.real(node), up.real(path))
         up.set(path, K_FILE)
         self.t.add_path(node, path)
         self.t.ref(node)
@@ -531,8 +541,8 @@ class UnionOperations(pyfuse3.Operations):
         node = self.t.node(inode)
         if node.isdir:
             self.cu.ensure_dir(node)
-        elif node.paths:
-            await self.cu.copy_up(node)
+        elif node.paths and not node.upper:  # (copied up: a link the index serves is changed there,
+            await self.cu.copy_up(node)  # as overlayfs changes its index's inode, linking no link)
         elif not node.upper:
             raise fuse_error(errno.ENOENT)
         return self._where(node)

@@ -89,8 +89,8 @@ def record(p: str | Path, st: os.stat_result | None = None) -> dict:
     return rec
 
 
-def identity(root: Path) -> dict[str, tuple[int, int]]:
-    """(st_ino, st_mtime_ns) of every entry below *root*, by relative path."""
+def identity(root: Path) -> dict[str, tuple[int, int, int]]:
+    """(st_ino, st_mtime_ns, st_ctime_ns) of every entry below *root*, by relative path."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -99,21 +99,22 @@ def identity(root: Path) -> dict[str, tuple[int, int]]:
                 st = os.lstat(p)
             except FileNotFoundError:  # (overlayfs lists stray whiteouts of single-layer directories)
                 continue
-            out[os.path.relpath(p, root)] = (st.st_ino, st.st_mtime_ns)
+            out[os.path.relpath(p, root)] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
     return out
 
 
-def lineage(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, tuple]:
+def lineage(before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]) -> dict[str, tuple]:
     """For each entry of *after*: the entries of *before* that were the same inode (none: a new one),
-    and, if there were any, whether its mtime is still theirs.  Comparable across implementations,
-    whose inode numbers and clocks differ."""
+    and, if there were any, whether its mtime and its ctime are still theirs.  Comparable across
+    implementations, whose inode numbers and clocks differ."""
     by_ino: dict[int, list[str]] = {}
-    for p, (ino, _m) in before.items():
+    for p, (ino, *_times) in before.items():
         by_ino.setdefault(ino, []).append(p)
     out = {}
-    for p, (ino, mtime) in after.items():
+    for p, (ino, mtime, ctime) in after.items():
         was = sorted(by_ino.get(ino, []))
-        out[p] = (tuple(was), bool(was) and before[was[0]][1] == mtime)
+        old = before[was[0]] if was else None
+        out[p] = (tuple(was), old is not None and old[1] == mtime, old is not None and old[2] == ctime)
     return out
 
 

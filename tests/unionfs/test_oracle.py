@@ -272,7 +272,7 @@ def run_case(
         watchdog(mount(spec, base / "sm"))
         assert snapshot(base / "sm") == expected, "view changed across a remount"
         if use_index:  # (--no-index numbers lower entries in the order they are looked up)
-            assert identity(base / "sm") == ids_after, "inode numbers or mtimes changed across a remount"
+            assert identity(base / "sm") == ids_after, "inode numbers or times changed across a remount"
         # each upper as the top lower layer of a new mount (as the unionmount suite rotates its
         # layers): the whiteouts, opaque directories and redirects each wrote, read back as a lower;
         # a copied-up hard link's other links, still lower, show the old data again (the index
