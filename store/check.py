@@ -56,7 +56,7 @@ def check(store: Store, orphans: bool = True) -> tuple[list[Problem], dict[str, 
             for c in store.containers.all():
                 if c.image == image_id:
                     store.containers.delete(c.id)
-            store._untag_all(image_id)
+            store.untag_all(image_id)
             store.images.delete(image_id)
 
         return fix

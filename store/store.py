@@ -131,7 +131,7 @@ class Store:
                 if kind == "remove" and isinstance(data, list):
                     for image_id in data:
                         if self.images.has(image_id) and not self.containers_of(image_id):
-                            self._untag_all(image_id)
+                            self.untag_all(image_id)
                             self.images.delete(image_id)
                             self.recovered.append(f"finished removing image {image_id}")
                 if kind in ("add", "remove"):
@@ -146,7 +146,8 @@ class Store:
                             self.recovered.append("rolled back an interrupted ingest")
         self.recovered += [f"removed leftover temporary file tmp/{n}" for n in self.blobs.clear_tmp()]
 
-    def _untag_all(self, image_id: str) -> list[str]:
+    def untag_all(self, image_id: str) -> list[str]:
+        """Remove every tag of *image_id* (under the lock); return the tags removed."""
         table = self.images.tags()
         tags = sorted(t for t, i in table.items() if i == image_id)
         if tags:
