@@ -1,0 +1,1 @@
+"""`strata build`: Dockerfiles parsed (`dockerfile`), their words expanded (`words`)."""
