@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "cli.archives": ("import", "load", "save"),
     "cli.containers": ("create", "diff", "mount", "ps", "rm", "umount"),
     "cli.commit": ("commit", "export"),
+    "cli.build": ("build",),
     "cli.registry": ("login", "logout", "manifest", "pull", "push", "search"),
     "cli.system": ("system",),
     "cli.bench": ("bench",),

@@ -272,6 +272,27 @@ class _Fanout:
         del self.buf[:n]
 
 
+def commit_layer(
+    store: Store,
+    parent: str | None,
+    changes: Iterable[ChangedPath],
+    keep_xattr: Callable[[str], bool],
+    compression: str = "gzip",
+) -> LayerRef:
+    """Store the changes as a layer over chain *parent* (blob and layer directory); no image record."""
+    store.hold_ingest_lease()
+    # one pass: the tar is hashed and compressed as its entries are made in the new layer directory
+    with store.layers.build(parent) as build:
+        with store.blobs.writer(what="committed layer") as blob:
+            with _compressor(blob, compression) as packed:  # type: ignore[arg-type]
+                fan = _Fanout(packed)
+                with _LayerWriter(build.unpacker) as writer:
+                    write_changeset(changes, fan, keep_xattr, writer)  # type: ignore[arg-type]
+                fan.close()
+        unpacked = build.install("sha256:" + fan.hash.hexdigest())
+    return LayerRef(blob.digest, mt.layer_type_for(compression), blob.size, unpacked.diff_id)
+
+
 def commit(
     store: Store,
     image: ImageRecord,
@@ -288,17 +309,7 @@ def commit(
     config = json.loads(store.blobs.read(image.id))
     container_config = config_changes.apply(dict(config.get("config") or {}), list(config_edits))
     parent = chain_ids([x.diff_id for x in image.layers])[-1] if image.layers else None
-    store.hold_ingest_lease()
-    # one pass: the tar is hashed and compressed as its entries are made in the new layer directory
-    with store.layers.build(parent) as build:
-        with store.blobs.writer(what="committed layer") as blob:
-            with _compressor(blob, compression) as packed:  # type: ignore[arg-type]
-                fan = _Fanout(packed)
-                with _LayerWriter(build.unpacker) as writer:
-                    write_changeset(changes, fan, keep_xattr, writer)  # type: ignore[arg-type]
-                fan.close()
-        unpacked = build.install("sha256:" + fan.hash.hexdigest())
-    layer = LayerRef(blob.digest, mt.layer_type_for(compression), blob.size, unpacked.diff_id)
+    layer = commit_layer(store, parent, changes, keep_xattr, compression)
     created = now_rfc3339()
     config["config"] = container_config
     config["created"] = created

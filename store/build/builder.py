@@ -1,0 +1,290 @@
+"""`strata build`: a Dockerfile's stages over the store's layers; each step that changes files
+becomes a layer (through the commit path), every other one a history row marked empty_layer."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .. import reference
+from ..blobs import tmp_prefix
+from ..commit import ChangedPath, commit_layer
+from ..errors import InvalidInput, NotFound
+from ..images import ImageRecord, LayerRef
+from ..layers import chain_ids
+from ..registry import platform
+from ..store import Store, now_rfc3339
+from . import isolation, meta
+from .copying import copy_in
+from .dockerfile import Dockerfile, DockerfileError, Instruction, parse
+from .words import expand, split
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Host(Protocol):
+    """What a build needs beyond the store, handed in by the CLI (the store knows no filesystem)."""
+
+    def mounted(self, lowers: list[Path], upper: Path | None, work: Path | None) -> AbstractContextManager[Path]:
+        """The union of *lowers* (topmost first) under *upper*, mounted for the time of the block."""
+        ...
+
+    def changes(self, lowers: list[Path], upper: Path, work: Path) -> list[ChangedPath]:
+        """What *upper* changes over *lowers*."""
+        ...
+
+    def keep_xattr(self, name: str) -> bool:
+        """Whether a layer keeps xattr *name* (not the union filesystem's own)."""
+        ...
+
+    def pull(self, name: str) -> None:
+        """Bring image *name* into the store from its registry."""
+        ...
+
+
+@dataclass
+class Options:
+    tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    compression: str = "gzip"
+
+
+@dataclass
+class _Image:
+    """A stage's image as its steps build it: the whole config and the layers so far."""
+
+    config: dict
+    layers: list[LayerRef]
+
+
+def build(
+    store: Store, context: Path, dockerfile: Path, host: Host, opts: Options, say: Callable[[str], None]
+) -> ImageRecord:
+    """Build *dockerfile* over *context*; tag and return the image of the target (or last) stage."""
+    if not context.is_dir():
+        raise InvalidInput(f"build context {context} is not a directory")
+    try:
+        text = dockerfile.read_text()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {dockerfile}: {e.strerror}") from None
+    df = parse(text, str(dockerfile))
+    return _Build(store, context, df, str(dockerfile), host, opts, say).run()
+
+
+class _Build:
+    def __init__(
+        self, store: Store, context: Path, df: Dockerfile, name: str, host: Host, opts: Options, say: Callable
+    ) -> None:
+        self.store, self.context, self.df, self.name, self.host, self.opts, self.say = (
+            store,
+            context,
+            df,
+            name,
+            host,
+            opts,
+            say,
+        )
+        self.stages: dict[str, _Image] = {}  # by name (lower case) and by index
+        self.global_args: dict[str, str] = {}
+        self.steps = len(df.instructions)
+        self.step = 0
+
+    def _fail(self, ins: Instruction, message: str) -> DockerfileError:
+        return DockerfileError(self.name, ins.line, message)
+
+    def run(self) -> ImageRecord:
+        groups: list[list[Instruction]] = []
+        for ins in self.df.instructions:
+            if ins.cmd == "FROM":
+                groups.append([ins])
+            elif groups:
+                groups[-1].append(ins)
+            else:  # ARGs before the first FROM: what FROM lines may use
+                self._announce(ins)
+                self.global_args.update(self._arg(ins, self.global_args, {}))
+        names = [self._stage_name(g[0]) for g in groups]
+        last = len(groups) - 1
+        if self.opts.target is not None:
+            wanted = self.opts.target.lower()
+            if wanted not in names:
+                raise InvalidInput(f"target stage {self.opts.target!r} could not be found in {self.name}")
+            last = names.index(wanted)
+        result: _Image | None = None
+        for i, group in enumerate(groups[: last + 1]):
+            result = self._stage(group)
+            self.stages[str(i)] = result
+            if names[i]:
+                self.stages[names[i]] = result
+        assert result is not None
+        config = result.config
+        data = json.dumps(config, separators=(",", ":")).encode()
+        return self.store.add_image(data, result.layers, tags=[reference.parse(t) for t in self.opts.tags])
+
+    def _announce(self, ins: Instruction) -> None:
+        self.step += 1
+        self.say(f"STEP {self.step}/{self.steps}: {ins.original}")
+
+    def _stage_name(self, ins: Instruction) -> str:
+        words = split(ins.args, self.global_args, self.df.escape)
+        if len(words) == 3 and words[1].lower() == "as":
+            return words[2].lower()
+        if len(words) != 1:
+            raise self._fail(ins, f"FROM expects IMAGE [AS NAME], not {ins.args!r}")
+        return ""
+
+    # -- a stage ------------------------------------------------------------------------------
+    def _stage(self, group: list[Instruction]) -> _Image:
+        head = group[0]
+        self._announce(head)
+        base = split(head.args, self.global_args, self.df.escape)[0]
+        image = self._base(head, base)
+        stage = meta.Stage(config=image.config.setdefault("config", {}))
+        stage.shell = list(stage.config.get("Shell") or meta.DEFAULT_SHELL)
+        env = stage.config.setdefault("Env", [])
+        if not any(e.startswith("PATH=") for e in env):  # (as BuildKit gives every image one)
+            env.insert(0, "PATH=" + DEFAULT_PATH)
+        triggers = [parse(f"FROM scratch\n{t}").instructions[1] for t in stage.config.pop("OnBuild", None) or []]
+        for ins in [*triggers, *group[1:]]:
+            if ins in group:
+                self._announce(ins)
+            try:
+                self._instruction(ins, image, stage)
+            except DockerfileError:
+                raise
+            except InvalidInput as e:
+                raise self._fail(ins, str(e)) from None
+        if stage.author:
+            image.config["author"] = stage.author
+        return image
+
+    def _base(self, ins: Instruction, name: str) -> _Image:
+        if name.lower() in self.stages:
+            return copy.deepcopy(self.stages[name.lower()])
+        if name == "scratch":
+            return _Image(_scratch_config(), [])
+        try:
+            record = self.store.resolve(name)
+        except NotFound:
+            self.host.pull(name)
+            record = self.store.resolve(name)
+        config = json.loads(self.store.blobs.read(record.id))
+        return _Image(config, list(record.layers))
+
+    def _instruction(self, ins: Instruction, image: _Image, stage: meta.Stage) -> None:
+        if ins.cmd == "ARG":
+            stage.args.update(self._arg(ins, stage.args, self.global_args))
+        elif ins.cmd in meta.META:
+            created_by = meta.apply(ins, stage, self.df.escape)
+            self._history(image, created_by, empty=True)
+        elif ins.cmd == "RUN":
+            self._run(ins, image, stage)
+        elif ins.cmd in ("COPY", "ADD"):
+            self._copy(ins, image, stage)
+        else:
+            raise self._fail(ins, f"{ins.cmd} is not allowed here")
+
+    def _arg(self, ins: Instruction, scope: dict[str, str], outer: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for word in split(ins.args, scope, self.df.escape):
+            key, eq, default = word.partition("=")
+            if key in self.opts.build_args:
+                out[key] = self.opts.build_args[key]
+            elif eq:
+                out[key] = default
+            elif key in outer:
+                out[key] = outer[key]
+        return out
+
+    def _history(self, image: _Image, created_by: str, empty: bool) -> None:
+        row: dict = {"created": now_rfc3339(), "created_by": created_by, "comment": "buildkit.dockerfile.v0"}
+        if empty:
+            row["empty_layer"] = True
+        image.config.setdefault("history", []).append(row)
+        image.config["created"] = row["created"]
+
+    # -- steps that change files ----------------------------------------------------------------
+    def _lowers(self, image: _Image) -> list[Path]:
+        return [self.store.layers.path(c) for c in reversed(chain_ids([x.diff_id for x in image.layers]))]
+
+    @contextmanager
+    def _container(self, image: _Image) -> Iterator[tuple[Path, Path, Path]]:
+        """A scratch container layer over *image* (in tmp/: a killed build leaves it to be swept)."""
+        root = Path(tempfile.mkdtemp(dir=self.store.blobs.tmp, prefix=tmp_prefix("build")))
+        try:
+            for d in ("upper", "work", "empty"):
+                (root / d).mkdir()
+                (root / d).chmod(0o755)
+            yield root / "upper", root / "work", root
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _layer_step(self, image: _Image, created_by: str, change: Callable[[Path], None]) -> None:
+        with self._container(image) as (upper, work, root):
+            lowers = self._lowers(image) or [root / "empty"]  # (scratch: a stack needs a lower)
+            with self.host.mounted(lowers, upper, work) as rootfs:
+                change(rootfs)
+            changes = self.host.changes(lowers, upper, work)
+            parent = chain_ids([x.diff_id for x in image.layers])[-1] if image.layers else None
+            ref = commit_layer(self.store, parent, changes, self.host.keep_xattr, self.opts.compression)
+        image.layers.append(ref)
+        image.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(ref.diff_id)
+        self._history(image, created_by, empty=False)
+
+    def _run(self, ins: Instruction, image: _Image, stage: meta.Stage) -> None:
+        argv = meta.command(ins, stage)
+        env = stage.env()
+        workdir = stage.config.get("WorkingDir") or "/"
+        user = stage.config.get("User") or "root"
+        used = " ".join(f"{k}={v}" for k, v in stage.args.items())
+        shown = " ".join(argv) if ins.exec_form is None else json.dumps(argv)
+        args = f"|{len(stage.args)} {used} " if stage.args else ""  # (the build args RUN sees, as BuildKit)
+        created_by = f"RUN {args}{shown} # buildkit"
+
+        def change(rootfs: Path) -> None:
+            (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            code = isolation.run(rootfs, argv, env, workdir, user)
+            if code != 0:
+                raise self._fail(ins, f"RUN {shown}: exit code {code}")
+
+        self._layer_step(image, created_by, change)
+
+    def _copy(self, ins: Instruction, image: _Image, stage: meta.Stage) -> None:
+        env = stage.env()
+        words = ins.exec_form if ins.exec_form is not None else split(ins.args, env, self.df.escape)
+        words = [expand(w, env, self.df.escape) for w in words] if ins.exec_form is not None else words
+        if len(words) < 2 and not ins.heredocs:
+            raise self._fail(ins, f"{ins.cmd} requires at least two arguments: SOURCE… DEST")
+        *sources, dest = words
+        src_from = ins.flags.get("from")
+        workdir = stage.config.get("WorkingDir") or "/"
+        created_by = f"{ins.cmd} {ins.args} # buildkit"
+
+        def change(rootfs: Path) -> None:
+            if src_from:
+                with self._source_of(ins, src_from) as src_root:
+                    copy_in(ins, src_root, sources, rootfs, dest, workdir, from_context=False)
+            else:
+                copy_in(ins, self.context, sources, rootfs, dest, workdir, from_context=True)
+
+        self._layer_step(image, created_by, change)
+
+    @contextmanager
+    def _source_of(self, ins: Instruction, name: str) -> Iterator[Path]:
+        """The filesystem of stage or image *name*, read-only."""
+        image = self.stages.get(name.lower()) or self._base(ins, name)
+        with self._container(image) as (_upper, _work, scratch):
+            with self.host.mounted(self._lowers(image) or [scratch / "empty"], None, None) as root:
+                yield root
+
+
+def _scratch_config() -> dict:
+    p = platform.host()  # (what the image says it runs on)
+    return {"architecture": p.architecture, "os": p.os, "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}

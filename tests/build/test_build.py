@@ -1,0 +1,197 @@
+"""strata build against buildah: the same Dockerfile and context built by both (buildah bud
+--isolation chroot --layers), then both images unpacked by umoci: the same tree (owners, modes,
+xattrs, link targets), the same config fields, the same number of layers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import dump_tree, snapshot, strata
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"),
+    pytest.mark.skipif(not (shutil.which("buildah") and shutil.which("umoci")), reason="needs buildah and umoci"),
+]
+EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+BUILDAH_STUBS = ("hostname", "hosts", "resolv.conf")
+CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal")
+
+CASES = {
+    "scratch-copy": (
+        "FROM scratch\n"
+        "COPY etc /etc\n"
+        "COPY --chmod=751 --chown=7:8 bin/tool /usr/local/bin/\n"
+        'COPY ["a b.txt", "c*.txt", "/data/"]\n'
+        'ENV A=1 B="two words"\n'
+        "ENV C=${A}-x\n"
+        'LABEL org.example.k=v other="x y"\n'
+        "WORKDIR /srv\n"
+        "WORKDIR sub\n"
+        "COPY a_?.txt rel.txt\n"
+        "EXPOSE 80 53/udp\n"
+        "VOLUME /var/cache /data\n"
+        "STOPSIGNAL SIGINT\n"
+        "USER 1000:1000\n"
+        'ENTRYPOINT ["/usr/local/bin/tool"]\n'
+        'CMD ["--help"]\n'
+    ),
+    "run-shell": (
+        "ARG BASE=base:1\n"
+        "FROM $BASE\n"
+        "ARG GREETING=hello\n"
+        'RUN echo "$GREETING world" > /out.txt\n'
+        "WORKDIR /app\n"
+        'RUN echo made > made && echo "$GREETING" > again\n'
+        "ENV PATH=/bin\n"
+        "CMD echo $PATH\n"
+    ),
+    "multi-stage": (
+        "FROM base:1 AS builder\n"
+        "RUN echo built > /artifact\n"
+        "FROM scratch\n"
+        "COPY --from=builder /artifact /a\n"
+        "COPY --from=builder /bin/sh /bin/sh\n"
+    ),
+}
+
+
+def _context(root: Path) -> None:
+    (root / "etc").mkdir()
+    (root / "etc/app.conf").write_text("k=v\n")
+    (root / "etc/sub").mkdir()
+    (root / "etc/sub/x").write_text("x\n")
+    os.chmod(root / "etc/sub/x", 0o640)
+    os.symlink("app.conf", root / "etc/link")
+    (root / "bin").mkdir()
+    (root / "bin/tool").write_text("#!/bin/sh\n")
+    for n in ("a b.txt", "c1.txt", "c2.txt", "a_b.txt"):
+        (root / n).write_text(n)
+
+
+@pytest.fixture(scope="module")
+def base_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny base image with a shell: the host's dash and the libraries it needs, as a docker archive."""
+    work = tmp_path_factory.mktemp("base")
+    rootfs = work / "rootfs"
+    libs = [line.split()[-2] if "=>" in line else line.split()[0] for line in _ldd("/bin/dash")]
+    for f in ["/bin/dash", *[lib for lib in libs if lib.startswith("/")]]:
+        dst = rootfs / f.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(f), dst)
+    os.symlink("dash", rootfs / "bin/sh")
+    for d in ("dev", "proc", "sys"):  # (as every real base has them: RUN's mount points)
+        (rootfs / d).mkdir()
+    (rootfs / "etc").mkdir()
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc/group").write_text("root:x:0:\n")
+    tar = work / "rootfs.tar"
+    with tarfile.open(tar, "w") as t:
+        for p in sorted(rootfs.rglob("*")):
+            t.add(p, arcname=str(p.relative_to(rootfs)), recursive=False)
+    return tar
+
+
+def _ldd(path: str) -> list[str]:
+    out = subprocess.run(["ldd", path], check=True, capture_output=True, text=True, timeout=30).stdout
+    return [line.strip() for line in out.splitlines() if "/" in line]
+
+
+def _buildah(storage: Path, *args: str) -> str:
+    cmd = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"), "--storage-driver", "vfs"]
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _unpacked(layout: Path, tag: str, dest: Path) -> tuple[str, dict, int]:
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:{tag}", str(dest)], check=True, capture_output=True, timeout=300
+    )
+    index = json.loads((layout / "index.json").read_text())
+    desc = next(
+        m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    )
+    manifest = json.loads((layout / "blobs/sha256" / desc["digest"][7:]).read_text())
+    config = json.loads((layout / "blobs/sha256" / manifest["config"]["digest"][7:]).read_text())
+    return dump_tree(dest / "rootfs"), config, len(manifest["layers"])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_build_matches_buildah(case: str, root: Path, tmp_path: Path, base_archive: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    _context(ctx)
+    (ctx / "Dockerfile").write_text(CASES[case])
+    strata(root, "import", str(base_archive), "base:1")
+    out = strata(root, "build", "-t", "built:1", str(ctx)).stdout.decode()
+    assert out.splitlines()[0].startswith("STEP 1/")
+    strata(root, "save", "--format", "oci", "-o", str(tmp_path / "mine"), "built:1")
+    mine = _unpacked(tmp_path / "mine", "1", tmp_path / "mine-unpacked")
+
+    storage = tmp_path / "buildah"
+    strata(root, "save", "-o", str(tmp_path / "base.tar"), "base:1")
+    _buildah(storage, "pull", "-q", f"docker-archive:{tmp_path / 'base.tar'}")
+    _buildah(storage, "tag", "base:1", "localhost/base:1")
+    _buildah(storage, "bud", "--isolation", "chroot", "--layers", "-q", "-t", "theirs", str(ctx))
+    _buildah(storage, "push", "-q", "theirs", f"oci:{tmp_path / 'theirs'}:1")
+    theirs = _unpacked(tmp_path / "theirs", "1", tmp_path / "theirs-unpacked")
+    # buildah leaves in a RUN's layer the empty stubs it mounted over; BuildKit (Docker) removes
+    # them, and strata makes none (it mounts where the image has the file or directory)
+    stubs = {"d 0755 0:0 run", *(f"f 0755 0:0 size=0 nlink=1 sha256={EMPTY} etc/{n}" for n in BUILDAH_STUBS)}
+    theirs = ("\n".join(x for x in theirs[0].splitlines() if x not in stubs) + "\n", *theirs[1:])
+
+    ours_only = sorted(set(mine[0].splitlines()) - set(theirs[0].splitlines()))
+    theirs_only = sorted(set(theirs[0].splitlines()) - set(mine[0].splitlines()))
+    assert (ours_only, theirs_only) == ([], []), "file trees differ (strata's lines, buildah's lines)"
+    ours_cfg, their_cfg = mine[1].get("config") or {}, theirs[1].get("config") or {}
+    their_cfg.get("Labels", {}).pop("io.buildah.version", None)
+    for f in CONFIG_FIELDS:
+        assert (f, ours_cfg.get(f) or None) == (f, their_cfg.get(f) or None)
+    assert mine[2] == theirs[2], "layer counts differ"
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "needle"),
+    [
+        ("FROM scratch\nFOO x\n", "Dockerfile:2: unknown instruction: FOO"),
+        ("ENV A=1\n", "Dockerfile:1:"),
+        ("FROM scratch\nCOPY ../etc /x\n", "Dockerfile:2: ../etc: forbidden path outside the build context"),
+        ("FROM scratch\nCOPY missing /x\n", "Dockerfile:2: missing: no such file"),
+        ("FROM base:1\nRUN exit 3\n", "Dockerfile:2: RUN /bin/sh -c exit 3: exit code 3"),
+        ("FROM scratch\nRUN <<EOF\nnever ends\n", "Dockerfile:2: unterminated heredoc"),
+        ('FROM scratch\nCMD ["a"\n', "Dockerfile:2: CMD: unterminated JSON array"),
+    ],
+)
+def test_bad_input_is_one_line_and_tags_nothing(
+    dockerfile: str, needle: str, root: Path, tmp_path: Path, base_archive: Path
+) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    _context(ctx)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    strata(root, "import", str(base_archive), "base:1")
+    before = snapshot(root)
+    proc = strata(root, "build", "-t", "bad:1", str(ctx), check=False)
+    err = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 1 and err[-1].startswith("Error: ") and needle in err[-1], err
+    assert "Traceback" not in proc.stderr.decode()
+    assert snapshot(root) == before  # (nothing tagged, no layer or blob of the failed steps kept)
+
+
+def test_bad_target_and_context(root: Path, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch AS one\nENV A=1\n")
+    for args, needle in (
+        (["--target", "two", str(ctx)], "target stage 'two' could not be found"),
+        ([str(ctx / "Dockerfile")], "is not a directory"),
+    ):
+        proc = strata(root, "build", *args, check=False)
+        assert proc.returncode == 1 and needle in proc.stderr.decode(), proc.stderr
