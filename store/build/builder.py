@@ -24,6 +24,7 @@ from ..store import Store, now_rfc3339
 from . import isolation, meta
 from .copying import copy_in
 from .dockerfile import Dockerfile, DockerfileError, Instruction, parse
+from .ignore import Ignore
 from .words import expand, split
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -95,6 +96,7 @@ class _Build:
         self.stages: dict[str, _Image] = {}  # by name (lower case) and by index
         self.global_args: dict[str, str] = {}
         self.steps = len(df.instructions)
+        self.ignore = Ignore.of_context(context)
         self.step = 0
 
     def _fail(self, ins: Instruction, message: str) -> DockerfileError:
@@ -272,7 +274,7 @@ class _Build:
                 with self._source_of(ins, src_from) as src_root:
                     copy_in(ins, src_root, sources, rootfs, dest, workdir, from_context=False)
             else:
-                copy_in(ins, self.context, sources, rootfs, dest, workdir, from_context=True)
+                copy_in(ins, self.context, sources, rootfs, dest, workdir, True, self.ignore)
 
         self._layer_step(image, created_by, change)
 

@@ -9,6 +9,7 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InvalidInput
@@ -19,9 +20,17 @@ URL_PREFIXES = ("http://", "https://")
 
 
 def copy_in(
-    ins: Instruction, src_root: Path, sources: list[str], rootfs: Path, dest: str, workdir: str, from_context: bool
+    ins: Instruction,
+    src_root: Path,
+    sources: list[str],
+    rootfs: Path,
+    dest: str,
+    workdir: str,
+    from_context: bool,
+    ignored: Callable[[str], bool] = lambda _rel: False,
 ) -> None:
-    """Copy *sources* (relative to *src_root*; globs allowed) to *dest* in *rootfs*."""
+    """Copy *sources* (relative to *src_root*; globs allowed; *ignored* paths left out, as if they
+    were not there) to *dest* in *rootfs*."""
     owner = _owner(ins, rootfs)
     mode = _mode(ins)
     target = dest if dest.startswith("/") else workdir.rstrip("/") + "/" + dest
@@ -39,13 +48,13 @@ def copy_in(
         if ins.cmd == "ADD" and src.startswith(URL_PREFIXES):
             _add_url(src, rootfs, target, into_dir, owner)
             continue
-        matches = _expand(src_root, src, from_context)
+        matches = _expand(src_root, src, from_context, ignored)
         if len(matches) > 1:
             into_dir = True
         for m in matches:
             dst = _inside(rootfs, target)
             if m.is_dir():
-                _copy_tree(m, dst, rootfs, owner, mode, from_context)
+                _copy_tree(m, dst, rootfs, owner, mode, from_context, _rel(src_root, m), ignored)
             elif ins.cmd == "ADD" and from_context and tarfile.is_tarfile(m):
                 _parents(dst, rootfs, owner)
                 _extract(m, dst)
@@ -68,7 +77,11 @@ def _inside(rootfs: Path, path: str) -> Path:
     return rootfs.joinpath(*out)
 
 
-def _expand(root: Path, src: str, from_context: bool) -> list[Path]:
+def _rel(root: Path, p: Path) -> str:
+    return str(p.relative_to(root)) if p != root else ""
+
+
+def _expand(root: Path, src: str, from_context: bool, ignored: Callable[[str], bool]) -> list[Path]:
     """The files *src* names below *root*: a path, or a glob (Go's filepath.Match patterns); a
     symlink named is followed, within *root* (its absolute targets are *root*'s, as BuildKit's)."""
     rel = os.path.normpath(src.lstrip("/"))
@@ -78,6 +91,8 @@ def _expand(root: Path, src: str, from_context: bool) -> list[Path]:
         found = sorted(glob.glob(rel, root_dir=root))
     else:
         found = [rel] if os.path.lexists(root / rel) else []
+    keep_dirs = getattr(ignored, "has_exceptions", False)  # (an exception may bring files back below)
+    found = [f for f in found if f == "." or not ignored(f) or (keep_dirs and (root / f).is_dir())]
     out = [_resolve_in(root, f) for f in found]
     if not out or any(p is None for p in out):
         where = "the build context" if from_context else "the stage"
@@ -160,15 +175,28 @@ def _copy_one(src: Path, dst: Path, owner: tuple[int, int] | None, mode: int | N
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def _copy_tree(src: Path, dst: Path, rootfs: Path, owner, mode, from_context: bool) -> None:  # noqa: ANN001
-    """A source directory: its contents (not itself) into *dst*."""
+def _copy_tree(
+    src: Path,
+    dst: Path,
+    rootfs: Path,
+    owner: tuple[int, int] | None,
+    mode: int | None,
+    from_context: bool,
+    rel: str,
+    ignored: Callable[[str], bool],
+) -> None:
+    """A source directory: its contents (not itself) into *dst*; *rel* is its path in its root."""
     _parents(dst, rootfs, owner)
     for entry in sorted(src.iterdir()):
+        sub = f"{rel}/{entry.name}" if rel else entry.name
+        is_dir = entry.is_dir() and not entry.is_symlink()
+        if ignored(sub) and not (is_dir and getattr(ignored, "has_exceptions", False)):
+            continue  # (an ignored directory is still searched where an exception may bring files back)
         target = dst / entry.name
-        if entry.is_dir() and not entry.is_symlink():
+        if is_dir:
             if not target.is_dir():
                 target.mkdir()
-            _copy_tree(entry, target, rootfs, owner, mode, from_context)
+            _copy_tree(entry, target, rootfs, owner, mode, from_context, sub, ignored)
             st = entry.lstat()
             uid, gid = owner or ((0, 0) if from_context else (st.st_uid, st.st_gid))
             os.chown(target, uid, gid)

@@ -52,6 +52,7 @@ CASES = {
         "ENV PATH=/bin\n"
         "CMD echo $PATH\n"
     ),
+    "dockerignore": "FROM scratch\nCOPY . /ctx/\nCOPY etc/* /only/\n",
     "multi-stage": (
         "FROM base:1 AS builder\n"
         "RUN echo built > /artifact\n"
@@ -129,6 +130,9 @@ def test_build_matches_buildah(case: str, root: Path, tmp_path: Path, base_archi
     ctx.mkdir()
     _context(ctx)
     (ctx / "Dockerfile").write_text(CASES[case])
+    if case == "dockerignore":  # Docker's pattern rules: root-level globs, an exception, a directory
+        # with an exception below it, ** at any depth, the last match winning
+        (ctx / ".dockerignore").write_text("# comment\n*.txt\n!a b.txt\netc/sub\n!etc/sub/x\n**/link\nDockerfile\n")
     strata(root, "import", str(base_archive), "base:1")
     out = strata(root, "build", "-t", "built:1", str(ctx)).stdout.decode()
     assert out.splitlines()[0].startswith("STEP 1/")

@@ -99,3 +99,15 @@ def test_variable_substitution_as_the_reference_shows() -> None:
         expand("${NOPE:?must be set}", env)
     with pytest.raises(InvalidInput, match="double-quote"):
         split('"open', env)
+
+
+def test_dockerignore_rules_of_the_reference() -> None:
+    """The examples of Docker's .dockerignore documentation."""
+    from store.build.ignore import Ignore
+
+    ig = Ignore(["# comment", "*/temp*", "*/*/temp*", "temp?", "*.md", "!README*.md", "README-secret.md"])
+    assert ig("somedir/temporary.txt") and ig("somedir/temp") and ig("a/b/temp.txt") and ig("temp1")
+    assert not ig("temp12") and not ig("a/b/c/temp")
+    assert ig("x.md") and not ig("README.md") and ig("README-secret.md")  # (the last match wins)
+    go = Ignore(["**/*.go", "dir", "!dir/keep"])
+    assert go("main.go") and go("a/b/main.go") and go("dir/other") and not go("dir/keep")
