@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import click
@@ -20,23 +20,31 @@ from unionfs.changes import iter_changes
 from unionfs.mount import MountError, MountSpec, mount, unmount
 
 
+@contextmanager
+def mounted(spec: MountSpec) -> Iterator[Path]:
+    """*spec* mounted on a temporary directory for the time of the block (devices and setuid
+    programs working, and other users served, as in a container; the directory is root's alone,
+    and the command reaches the mount through its chroot)."""
+    spec = spec._replace(dev=True, suid=True, allow_other=True)
+    with tempfile.TemporaryDirectory(prefix="strata-root-") as mp:
+        try:
+            mount(spec, Path(mp))
+        except MountError as e:
+            fail(str(e))
+        try:
+            yield Path(mp)
+        finally:
+            unmount(Path(mp))
+
+
 class _Host:
     """The union mounts and the registry a build's steps use."""
 
     def __init__(self, store: Store, quiet: bool) -> None:
         self.store, self.quiet = store, quiet
 
-    @contextmanager
-    def mounted(self, lowers: list[Path], upper: Path | None, work: Path | None) -> Iterator[Path]:
-        with tempfile.TemporaryDirectory(prefix="strata-build-") as mp:
-            try:
-                mount(MountSpec(lowers, upper, work, dev=True, suid=True), Path(mp))
-            except MountError as e:
-                fail(str(e))
-            try:
-                yield Path(mp)
-            finally:
-                unmount(Path(mp))
+    def mounted(self, lowers: list[Path], upper: Path | None, work: Path | None) -> AbstractContextManager[Path]:
+        return mounted(MountSpec(lowers, upper, work))
 
     def changes(self, lowers: list[Path], upper: Path, work: Path) -> list[ChangedPath]:
         return [ChangedPath(c.path, c.kind, c.upper_path, c.opaque) for c in iter_changes(lowers, upper, None, work)]

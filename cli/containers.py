@@ -35,7 +35,22 @@ def _state(c: Container) -> str:
     return c.mountpoint if state == "mounted" else f"{c.mountpoint} ({state})"
 
 
-PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "CreatedSince": "CREATED", "Names": "NAMES", "Mounted": "MOUNTED"}
+PS_HEADERS = {
+    "ID": "CONTAINER ID",
+    "Image": "IMAGE",
+    "CreatedSince": "CREATED",
+    "Status": "STATUS",
+    "Names": "NAMES",
+    "Mounted": "MOUNTED",
+}
+
+
+def _status(c: Container) -> str:
+    """As Docker's STATUS column: Created, Up, or Exited (CODE) … ago."""
+    if c.status == "exited":
+        when = f" {since(views.parse_time(c.finished))}" if c.finished else ""
+        return f"Exited ({c.exit_code}){when}"
+    return "Up" if c.status == "running" else "Created"
 
 
 @click.command("ps")
@@ -46,7 +61,7 @@ PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "CreatedSince": "CREATED",
 @user_errors
 def ps(show_all: bool, quiet: bool, no_trunc: bool, fmt: str | None) -> None:
     """List containers."""
-    items = [c for c in get_store().containers.all() if show_all or c.mountpoint]
+    items = [c for c in get_store().containers.all() if show_all or c.mountpoint or c.status == "running"]
     if quiet:
         for c in items:
             click.echo(c.id if no_trunc else c.id[:12])
@@ -57,12 +72,17 @@ def ps(show_all: bool, quiet: bool, no_trunc: bool, fmt: str | None) -> None:
             "Image": c.image_ref,
             "CreatedSince": since(views.parse_time(c.created)),
             "CreatedAt": docker_time(views.parse_time(c.created)),
+            "Status": _status(c),
             "Names": c.name,
             "Mounted": _state(c),
         }
         for c in items
     ]
-    click.echo(output(fmt, rows, "table {{.ID}}\t{{.Image}}\t{{.CreatedSince}}\t{{.Names}}\t{{.Mounted}}", PS_HEADERS))
+    click.echo(
+        output(
+            fmt, rows, "table {{.ID}}\t{{.Image}}\t{{.CreatedSince}}\t{{.Status}}\t{{.Names}}\t{{.Mounted}}", PS_HEADERS
+        )
+    )
 
 
 def _unmount_container(store: Store, c: Container) -> None:

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "cli.containers": ("create", "diff", "mount", "ps", "rm", "umount"),
     "cli.commit": ("commit", "export"),
     "cli.build": ("build",),
+    "cli.run": ("run",),
     "cli.registry": ("login", "logout", "manifest", "pull", "push", "search"),
     "cli.system": ("system",),
     "cli.bench": ("bench",),

@@ -27,6 +27,9 @@ class Container:
     mountpoint: str | None = None
     mount_pid: int | None = None
     throwaway: bool = False  # made by `mount --read-write IMAGE`: removed on umount
+    status: str = "created"  # `run`: "running", then "exited"
+    exit_code: int | None = None
+    finished: str | None = None
 
 
 class ContainerIndex:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import InvalidInput
@@ -49,11 +50,33 @@ def _table(path: Path) -> dict[str, list[str]]:
     return {f[0]: f for f in (line.split(":") for line in lines) if len(f) >= 4 and f[0]}
 
 
+MS_REMOUNT = 32
+
+
+class ExecFailed(InvalidInput):
+    """The command could not be executed: *code* is what a shell would exit with (127, 126)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def run(
-    rootfs: Path, argv: list[str], env: Mapping[str, str], workdir: str, user: str, timeout: float | None = None
+    rootfs: Path,
+    argv: list[str],
+    env: Mapping[str, str],
+    workdir: str,
+    user: str,
+    binds: Sequence[tuple[str, str, bool]] = (),
 ) -> int:
-    """Run *argv* in *rootfs*; its output goes to ours; returns its exit status (127: not found)."""
+    """Run *argv* in *rootfs* with our stdin, stdout and stderr; SIGINT and SIGTERM are passed on.
+    *binds*: (host path, path inside, read-only) mounted in its namespace.  Returns its exit status
+    (as a shell reports a signal: 128 + N); ExecFailed if it cannot be started."""
     uid, gid, groups = user_ids(rootfs, user)
+    env = dict(env)
+    if "HOME" not in env:  # (as container runtimes set it: the user's home in the image's passwd)
+        homes = [r[5] for r in _table(rootfs / "etc/passwd").values() if len(r) > 5 and r[2] == str(uid)]
+        env["HOME"] = homes[0] if homes else "/"
     libc = ctypes.CDLL(None, use_errno=True)
     root = os.fsencode(rootfs)
 
@@ -74,6 +97,12 @@ def run(
             if os.path.isfile(f) and os.path.isfile(root + f.encode()) and not os.path.islink(root + f.encode()):
                 if libc.mount(f.encode(), root + f.encode(), None, MS_BIND, None) != 0:
                     raise OSError(ctypes.get_errno(), f"mount {f}")
+        for host, target, ro in binds:
+            dst = root + target.encode()
+            if libc.mount(host.encode(), dst, None, MS_BIND | MS_REC, None) != 0:
+                raise OSError(ctypes.get_errno(), f"mount {host} on {target}")
+            if ro and libc.mount(b"none", dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC, None) != 0:
+                raise OSError(ctypes.get_errno(), f"remount {target} read-only")
         os.chroot(root)
         os.chdir(workdir or "/")
         os.setgroups(groups)
@@ -81,9 +110,17 @@ def run(
         os.setuid(uid)
 
     try:
-        proc = subprocess.run(argv, env=dict(env), preexec_fn=inside, timeout=timeout, check=False)  # noqa: PLW1509
+        proc = subprocess.Popen(argv, env=env, preexec_fn=inside)  # noqa: PLW1509
     except FileNotFoundError:
-        return 127
+        raise ExecFailed(127, f'exec: "{argv[0]}": executable file not found in $PATH') from None
     except PermissionError:
-        return 126
-    return proc.returncode
+        raise ExecFailed(126, f'exec: "{argv[0]}": permission denied') from None
+    except subprocess.SubprocessError:  # (the set-up in the child failed: a namespace, a mount, the user)
+        raise InvalidInput(f"cannot start {argv[0]} in the container (its namespaces, mounts or user)") from None
+    passed = {s: signal.signal(s, lambda n, _f: proc.send_signal(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, old in passed.items():
+            signal.signal(s, old)
+    return 128 - code if code < 0 else code

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -74,34 +73,6 @@ def _context(root: Path) -> None:
     (root / "bin/tool").write_text("#!/bin/sh\n")
     for n in ("a b.txt", "c1.txt", "c2.txt", "a_b.txt"):
         (root / n).write_text(n)
-
-
-@pytest.fixture(scope="module")
-def base_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny base image with a shell: the host's dash and the libraries it needs, as a docker archive."""
-    work = tmp_path_factory.mktemp("base")
-    rootfs = work / "rootfs"
-    libs = [line.split()[-2] if "=>" in line else line.split()[0] for line in _ldd("/bin/dash")]
-    for f in ["/bin/dash", *[lib for lib in libs if lib.startswith("/")]]:
-        dst = rootfs / f.lstrip("/")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(os.path.realpath(f), dst)
-    os.symlink("dash", rootfs / "bin/sh")
-    for d in ("dev", "proc", "sys"):  # (as every real base has them: RUN's mount points)
-        (rootfs / d).mkdir()
-    (rootfs / "etc").mkdir()
-    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (rootfs / "etc/group").write_text("root:x:0:\n")
-    tar = work / "rootfs.tar"
-    with tarfile.open(tar, "w") as t:
-        for p in sorted(rootfs.rglob("*")):
-            t.add(p, arcname=str(p.relative_to(rootfs)), recursive=False)
-    return tar
-
-
-def _ldd(path: str) -> list[str]:
-    out = subprocess.run(["ldd", path], check=True, capture_output=True, text=True, timeout=30).stdout
-    return [line.strip() for line in out.splitlines() if "/" in line]
 
 
 def _buildah(storage: Path, *args: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 from unionfs.mount import mount_state, unmount
@@ -183,6 +184,17 @@ class Mounts:
         opts = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work},redirect_dir=on,index=on"
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)], check=True, timeout=30)
         return self.add(mp)
+
+    @staticmethod
+    def kernel_unmount(mp: Path) -> None:
+        """A plain umount (not a lazy one: the kernel keeps a detached overlay's upper "in use", and
+        a mount that takes it as a lower then fails), retried while it is busy."""
+        for _ in range(50):
+            r = subprocess.run(["umount", str(mp)], capture_output=True, text=True, timeout=30)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"umount {mp}: {r.stderr}")
 
     def close(self) -> None:
         for mp in reversed(self.points):

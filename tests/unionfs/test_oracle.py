@@ -280,7 +280,7 @@ def run_case(
         if not use_index and any(e[0] == "hardlink" for layer in stack for e in layer):
             return  # (without an index strata copies up all links of an inode at once)
         unmount(base / "sm")
-        unmount(base / "km")
+        m.kernel_unmount(base / "km")
         for d in ("su2", "sw2", "sm2", "ku2", "kw2", "km2"):
             (base / d).mkdir()
         m.kernel_overlay([base / "ku", *kern], base / "ku2", base / "kw2", base / "km2")
