@@ -63,6 +63,7 @@ class _Host:
 )
 @click.option("--build-arg", "build_args", multiple=True, metavar="K=V", help="Set a build-time variable (repeatable).")
 @click.option("--target", help="Build this stage (and the ones before it) only.")
+@click.option("--no-cache", is_flag=True, help="Run every step again (no step reused from an earlier build).")
 @click.option("-q", "--quiet", is_flag=True, help="Print the image ID only.")
 @click.argument("context", type=click.Path(path_type=Path))
 @user_errors
@@ -71,6 +72,7 @@ def build_cmd(
     dockerfile: Path | None,
     build_args: tuple[str, ...],
     target: str | None,
+    no_cache: bool,
     quiet: bool,
     context: Path,
 ) -> None:
@@ -86,7 +88,7 @@ def build_cmd(
         context,
         dockerfile or context / "Dockerfile",
         _Host(store, quiet),
-        Options(list(tags), args, target),
+        Options(list(tags), args, target, no_cache),
         say,
     )
     keep_layer_tables(store, [record.id])

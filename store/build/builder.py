@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,8 +22,9 @@ from ..images import ImageRecord, LayerRef
 from ..layers import chain_ids
 from ..registry import platform
 from ..store import Store, now_rfc3339
-from . import isolation, meta
-from .copying import copy_in
+from . import cache, isolation, meta
+from .cache import BuildCache
+from .copying import URL_PREFIXES, copy_in, source_paths
 from .dockerfile import Dockerfile, DockerfileError, Instruction, parse
 from .ignore import Ignore
 from .words import expand, split
@@ -55,6 +57,7 @@ class Options:
     tags: list[str] = field(default_factory=list)
     build_args: dict[str, str] = field(default_factory=dict)
     target: str | None = None
+    no_cache: bool = False
     compression: str = "gzip"
 
 
@@ -64,6 +67,10 @@ class _Image:
 
     config: dict
     layers: list[LayerRef]
+    key: str  # the build cache's key of this state
+
+    def chain(self) -> str | None:
+        return chain_ids([x.diff_id for x in self.layers])[-1] if self.layers else None
 
 
 def build(
@@ -97,6 +104,7 @@ class _Build:
         self.global_args: dict[str, str] = {}
         self.steps = len(df.instructions)
         self.ignore = Ignore.of_context(context)
+        self.cache = BuildCache(store)
         self.step = 0
 
     def _fail(self, ins: Instruction, message: str) -> DockerfileError:
@@ -119,16 +127,18 @@ class _Build:
             if wanted not in names:
                 raise InvalidInput(f"target stage {self.opts.target!r} could not be found in {self.name}")
             last = names.index(wanted)
-        result: _Image | None = None
         for i, group in enumerate(groups[: last + 1]):
             result = self._stage(group)
             self.stages[str(i)] = result
             if names[i]:
                 self.stages[names[i]] = result
-        assert result is not None
-        config = result.config
-        data = json.dumps(config, separators=(",", ":")).encode()
-        return self.store.add_image(data, result.layers, tags=[reference.parse(t) for t in self.opts.tags])
+            # the stages before the last are kept as untagged images (as Docker's builder kept them):
+            # their layers are then referenced, and `image prune` removes them
+            tags = [reference.parse(t) for t in self.opts.tags] if i == last else []
+            record = self.store.add_image(
+                json.dumps(result.config, separators=(",", ":")).encode(), result.layers, tags=tags
+            )
+        return record
 
     def _announce(self, ins: Instruction) -> None:
         self.step += 1
@@ -171,27 +181,52 @@ class _Build:
         if name.lower() in self.stages:
             return copy.deepcopy(self.stages[name.lower()])
         if name == "scratch":
-            return _Image(_scratch_config(), [])
+            return _Image(_scratch_config(), [], cache.key("scratch"))
         try:
             record = self.store.resolve(name)
         except NotFound:
             self.host.pull(name)
             record = self.store.resolve(name)
         config = json.loads(self.store.blobs.read(record.id))
-        return _Image(config, list(record.layers))
+        return _Image(config, list(record.layers), cache.key("image", record.id))
 
     def _instruction(self, ins: Instruction, image: _Image, stage: meta.Stage) -> None:
-        if ins.cmd == "ARG":
+        if ins.cmd == "ARG":  # (no row of its own: what it sets is in the keys of the steps after it)
             stage.args.update(self._arg(ins, stage.args, self.global_args))
-        elif ins.cmd in meta.META:
-            created_by = meta.apply(ins, stage, self.df.escape)
-            self._history(image, created_by, empty=True)
+            return
+        k = cache.key(image.key, ins.original, stage.env(), stage.config, stage.shell, self._inputs(ins, stage))
+        hit = None if self.opts.no_cache else self.cache.get(k, image.chain())
+        if ins.cmd in meta.META:
+            self._history(image, meta.apply(ins, stage, self.df.escape), empty=True, row=hit[0] if hit else None)
+        elif hit is not None:
+            self.say("--> Using cache")
+            row, layer = hit
+            assert layer is not None
+            self._add_layer(image, layer, row)
         elif ins.cmd == "RUN":
             self._run(ins, image, stage)
         elif ins.cmd in ("COPY", "ADD"):
             self._copy(ins, image, stage)
         else:
             raise self._fail(ins, f"{ins.cmd} is not allowed here")
+        if hit is None:
+            row = image.config["history"][-1]
+            self.cache.put(k, row, image.layers[-1] if not row.get("empty_layer") else None)
+        image.key = k
+
+    def _inputs(self, ins: Instruction, stage: meta.Stage) -> object:
+        """What a COPY or ADD copies, for its cache key: the content (or the other stage's key)."""
+        if ins.cmd not in ("COPY", "ADD"):
+            return None
+        docs = [d.content for d in ins.heredocs]
+        src = ins.flags.get("from")
+        if src:
+            other = self.stages.get(src.lower())
+            return [other.key if other else cache.key("image", src), docs]
+        words = split(ins.args, stage.env(), self.df.escape) if ins.exec_form is None else ins.exec_form
+        if ins.cmd == "ADD" and any(w.startswith(URL_PREFIXES) for w in words):
+            return os.urandom(16).hex()  # (what a URL holds is not known before it is fetched)
+        return [cache.tree_digest(self.context, source_paths(self.context, words[:-1], self.ignore), self.ignore), docs]
 
     def _arg(self, ins: Instruction, scope: dict[str, str], outer: dict[str, str]) -> dict[str, str]:
         out = {}
@@ -205,10 +240,11 @@ class _Build:
                 out[key] = outer[key]
         return out
 
-    def _history(self, image: _Image, created_by: str, empty: bool) -> None:
-        row: dict = {"created": now_rfc3339(), "created_by": created_by, "comment": "buildkit.dockerfile.v0"}
-        if empty:
-            row["empty_layer"] = True
+    def _history(self, image: _Image, created_by: str, empty: bool, row: dict | None = None) -> None:
+        if row is None:
+            row = {"created": now_rfc3339(), "created_by": created_by, "comment": "buildkit.dockerfile.v0"}
+            if empty:
+                row["empty_layer"] = True
         image.config.setdefault("history", []).append(row)
         image.config["created"] = row["created"]
 
@@ -234,11 +270,13 @@ class _Build:
             with self.host.mounted(lowers, upper, work) as rootfs:
                 change(rootfs)
             changes = self.host.changes(lowers, upper, work)
-            parent = chain_ids([x.diff_id for x in image.layers])[-1] if image.layers else None
-            ref = commit_layer(self.store, parent, changes, self.host.keep_xattr, self.opts.compression)
+            ref = commit_layer(self.store, image.chain(), changes, self.host.keep_xattr, self.opts.compression)
+        self._add_layer(image, ref, None, created_by)
+
+    def _add_layer(self, image: _Image, ref: LayerRef, row: dict | None, created_by: str = "") -> None:
         image.layers.append(ref)
         image.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(ref.diff_id)
-        self._history(image, created_by, empty=False)
+        self._history(image, created_by, empty=False, row=row)
 
     def _run(self, ins: Instruction, image: _Image, stage: meta.Stage) -> None:
         argv = meta.command(ins, stage)

@@ -77,6 +77,19 @@ def _inside(rootfs: Path, path: str) -> Path:
     return rootfs.joinpath(*out)
 
 
+def source_paths(root: Path, sources: list[str], ignored: Callable[[str], bool]) -> list[str]:
+    """The paths below *root* that *sources* name (globs expanded), for the build cache."""
+    out = []
+    for src in sources:
+        if src.startswith(("<<",) + URL_PREFIXES):
+            continue
+        try:
+            out += [_rel(root.resolve(), p) for p in _expand(root, src, True, ignored)]
+        except InvalidInput:
+            continue  # (reported by the copy itself)
+    return out
+
+
 def _rel(root: Path, p: Path) -> str:
     return str(p.relative_to(root)) if p != root else ""
 

@@ -170,3 +170,24 @@ def test_bad_target_and_context(root: Path, tmp_path: Path) -> None:
     ):
         proc = strata(root, "build", *args, check=False)
         assert proc.returncode == 1 and needle in proc.stderr.decode(), proc.stderr
+
+
+def test_a_rebuild_reuses_every_step_and_gives_the_same_image(root: Path, tmp_path: Path, base_archive: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    _context(ctx)
+    (ctx / "Dockerfile").write_text(
+        'FROM base:1\nENV A=1\nCOPY etc /etc/app/\nRUN echo $A > /a\nCOPY c1.txt /c\nRUN echo done > /d\nCMD ["sh"]\n'
+    )
+    strata(root, "import", str(base_archive), "base:1")
+    first = strata(root, "build", "-q", "-t", "c:1", str(ctx)).stdout.decode().strip()
+    again = strata(root, "build", "-t", "c:1", str(ctx)).stdout.decode()
+    assert again.count("--> Using cache") == 4 and again.strip().endswith(first)  # (all 4 layer steps)
+    os.utime(ctx / "c1.txt", (0, 0))  # (an mtime alone changes nothing, as in BuildKit)
+    assert strata(root, "build", "-q", str(ctx)).stdout.decode().strip() == first
+    (ctx / "c1.txt").write_text("changed")  # the COPY of it and the RUN after it run again
+    changed = strata(root, "build", "-t", "c:2", str(ctx)).stdout.decode()
+    assert changed.count("--> Using cache") == 2 and not changed.strip().endswith(first)
+    fresh = strata(root, "build", "--no-cache", "-t", "c:3", str(ctx)).stdout.decode()
+    assert "Using cache" not in fresh
+    assert "is consistent" in strata(root, "system", "check").stdout.decode()
