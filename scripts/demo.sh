@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up, then walk through strata offline on a sample image it builds itself:
-# import → save/load → images → inspect → history → create → mount → browse → change → diff → commit → history.
+# import → save/load → images → inspect → history → create → mount → browse → change → diff → commit
+# → history → build (a Dockerfile over the committed image) → run → a cached rebuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -34,6 +35,13 @@ printf '#!/bin/sh\necho "hello from the sample image"\n' > "$R/bin/hello"
 chmod 0755 "$R/bin/hello"; chmod 1777 "$R/tmp"
 echo '<h1>it works</h1>' > "$R/srv/www/index.html"
 ln -s ../etc/hostname "$R/srv/hostname-link"
+# a shell, for RUN and run: the machine's dash and the libraries it links
+for f in /bin/dash $(ldd /bin/dash | grep -o '/[^ ]*'); do
+    mkdir -p "$R$(dirname "$f")"; cp -L "$f" "$R$f"
+done
+ln -sf dash "$R/bin/sh"
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$R/etc/passwd"
+mkdir -p "$R/proc" "$R/sys" "$R/dev"
 tar --numeric-owner --owner=0 --group=0 -czf "$DEMO/rootfs.tar.gz" -C "$R" .
 
 say import -m "sample rootfs" -c 'CMD ["/bin/hello"]' -c "ENV DEMO=1" "$DEMO/rootfs.tar.gz" demo/sample:1.0
@@ -58,6 +66,24 @@ say umount demo
 say commit -a "demo <demo@example.com>" -m "edit hostname, add a page" -c "ENV DEMO=2" demo demo/sample:1.1
 say history demo/sample:1.1
 say images
+
+mkdir -p "$DEMO/ctx"
+echo '<p>copied by the build</p>' > "$DEMO/ctx/about.html"
+cat > "$DEMO/ctx/Dockerfile" <<'DOCKERFILE'
+FROM demo/sample:1.1
+COPY about.html /srv/www/
+RUN echo "built by strata" > /srv/www/built.txt
+ENV GREETING=hello
+CMD ["/bin/sh", "-c", "echo $GREETING from a strata build; read l < /srv/www/built.txt; echo $l"]
+DOCKERFILE
+printf '\n\033[1m$ cat %s/ctx/Dockerfile\033[0m\n' "$DEMO"; cat "$DEMO/ctx/Dockerfile"
+say build -t demo/web:1 "$DEMO/ctx"
+say history demo/web:1
+say run --rm demo/web:1
+say run --name once demo/web:1 /bin/sh -c 'echo run-time > /tmp/note; exit 3' || echo "(exit code $?)"
+say ps -a
+say diff once
+say build -t demo/web:1 "$DEMO/ctx"
 say system df
 
 cat <<TXT
