@@ -31,6 +31,8 @@ def copy_in(
 ) -> None:
     """Copy *sources* (relative to *src_root*; globs allowed; *ignored* paths left out, as if they
     were not there) to *dest* in *rootfs*."""
+    names = {d.name for d in ins.heredocs}
+    sources = [x for x in sources if not (x.startswith("<<") and x[2:].lstrip("-").strip("'\"") in names)]
     owner = _owner(ins, rootfs)
     mode = _mode(ins)
     target = dest if dest.startswith("/") else workdir.rstrip("/") + "/" + dest
@@ -41,10 +43,7 @@ def copy_in(
         out.write_text(doc.content)
         os.chown(out, *(owner or (0, 0)))
         os.chmod(out, mode if mode is not None else 0o644)
-    heredoc_names = {f"<<{d.name}" for d in ins.heredocs} | {f"<<-{d.name}" for d in ins.heredocs}
     for src in sources:
-        if src in heredoc_names or src.strip("'\"<-") in {d.name for d in ins.heredocs}:
-            continue
         if ins.cmd == "ADD" and src.startswith(URL_PREFIXES):
             _add_url(src, rootfs, target, into_dir, owner)
             continue

@@ -74,6 +74,17 @@ def command(ins: Instruction, stage: Stage) -> list[str]:
     """CMD/ENTRYPOINT/RUN argv: the exec form as given, the shell form through the stage's SHELL."""
     if ins.exec_form is not None:
         return list(ins.exec_form)
+    if ins.heredocs:
+        doc = ins.heredocs[0]
+        if len(ins.heredocs) == 1 and ins.args.strip() in (
+            f"<<{doc.name}",
+            f"<<-{doc.name}",
+            f"<<'{doc.name}'",
+            f'<<"{doc.name}"',
+        ):
+            return [*stage.shell, doc.content]  # (`RUN <<EOF` alone: the here-document is the script, as BuildKit)
+        # otherwise the shell reads the here-documents after the command line, as a script would
+        return [*stage.shell, ins.args + "\n" + "".join(f"{d.content}{d.name}\n" for d in ins.heredocs)]
     return [*stage.shell, ins.args]
 
 

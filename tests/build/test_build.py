@@ -1,13 +1,16 @@
 """strata build against buildah: the same Dockerfile and context built by both (buildah bud
---isolation chroot --layers), then both images unpacked by umoci: the same tree (owners, modes,
+--isolation chroot --layers --format docker: Docker's format, where SHELL, ONBUILD and HEALTHCHECK
+count), then both images unpacked by umoci: the same tree (owners, modes,
 xattrs, link targets), the same config fields, the same number of layers."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,18 @@ pytestmark = [
 ]
 EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 BUILDAH_STUBS = ("hostname", "hosts", "resolv.conf")
-CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal")
+CONFIG_FIELDS = (
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "Labels",
+    "ExposedPorts",
+    "Volumes",
+    "StopSignal",
+)
+DOCKER_ONLY = ("Healthcheck", "OnBuild")
 
 CASES = {
     "scratch-copy": (
@@ -51,6 +65,43 @@ CASES = {
         "ENV PATH=/bin\n"
         "CMD echo $PATH\n"
     ),
+    "env-forms": (
+        "FROM scratch\n"
+        "ENV LEGACY a value with spaces\n"
+        'ENV X=1 Y="$X and more" Z=${UNSET:-fallback} W=${X:+set}\n'
+        'LABEL a=1\nLABEL b="2 3" a=4\n'
+        "COPY c1.txt /$X/${Z}.txt\n"
+    ),
+    "args": (
+        "ARG GLOBAL=g1\n"
+        "FROM scratch AS one\n"
+        "ARG GLOBAL\n"
+        "ARG LOCAL=l1\n"
+        "ENV SEEN=${GLOBAL}-${LOCAL}\n"
+        "FROM scratch\n"
+        "ARG LOCAL\n"
+        "ENV SEEN=[${GLOBAL}][${LOCAL}]\n"
+        "COPY c1.txt /f-${LOCAL}-${GLOBAL}\n"
+    ),
+    "run-config": (
+        "FROM base:1\n"
+        "ENTRYPOINT echo entry\n"  # (before SHELL: buildah puts a later shell form under sh -c, Docker under SHELL)
+        'SHELL ["/bin/sh", "-e", "-c"]\n'
+        "WORKDIR /a\nWORKDIR b\nWORKDIR ../c\n"
+        'RUN echo "$PWD" > where\n'
+        "USER root:root\n"
+        "STOPSIGNAL 9\n"
+        'VOLUME ["/v1", "/v2"]\n'
+        "EXPOSE 8080/tcp 9000-9001/udp\n"
+    ),
+    "add-tar": "FROM scratch\nADD layer.tar /unpacked/\nADD layer.tar.gz /gz\nCOPY layer.tar /kept/\n",
+    "copy-chown": (
+        "FROM base:1\n"
+        "COPY --chown=app etc /home/app/etc\n"
+        "COPY --chown=app:root --chmod=600 c1.txt /home/app/\n"
+        "COPY --chown=12:34 bin /opt/bin\n"
+    ),
+    "from-index": "FROM base:1\nRUN echo one > /one\nFROM scratch\nCOPY --from=0 /one /copied\n",
     "dockerignore": "FROM scratch\nCOPY . /ctx/\nCOPY etc/* /only/\n",
     "multi-stage": (
         "FROM base:1 AS builder\n"
@@ -60,6 +111,27 @@ CASES = {
         "COPY --from=builder /bin/sh /bin/sh\n"
     ),
 }
+
+
+# what a case's image is built FROM, itself built first by each tool
+PARENTS = {
+    "onbuild": (
+        "FROM base:1\n"
+        "ONBUILD COPY c1.txt /from-trigger.txt\n"
+        "ONBUILD RUN echo triggered > /triggered\n"
+        "HEALTHCHECK --interval=5s --retries=2 CMD echo ok\n"
+        "LABEL parent=yes\n"
+    )
+}
+CASES["onbuild"] = "FROM parent:1\nRUN echo child > /child\n"
+
+
+def _tar_of(path: Path, gz: bool) -> None:
+    with tarfile.open(path, "w:gz" if gz else "w") as t:
+        for name, data in (("x/inner.txt", b"inner\n"), ("top.txt", b"top\n")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o640, 1_600_000_000
+            t.addfile(info, io.BytesIO(data))
 
 
 def _context(root: Path) -> None:
@@ -73,6 +145,8 @@ def _context(root: Path) -> None:
     (root / "bin/tool").write_text("#!/bin/sh\n")
     for n in ("a b.txt", "c1.txt", "c2.txt", "a_b.txt"):
         (root / n).write_text(n)
+    _tar_of(root / "layer.tar", gz=False)
+    _tar_of(root / "layer.tar.gz", gz=True)
 
 
 def _buildah(storage: Path, *args: str) -> str:
@@ -100,22 +174,23 @@ def test_build_matches_buildah(case: str, root: Path, tmp_path: Path, base_archi
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     _context(ctx)
-    (ctx / "Dockerfile").write_text(CASES[case])
     if case == "dockerignore":  # Docker's pattern rules: root-level globs, an exception, a directory
         # with an exception below it, ** at any depth, the last match winning
         (ctx / ".dockerignore").write_text("# comment\n*.txt\n!a b.txt\netc/sub\n!etc/sub/x\n**/link\nDockerfile\n")
     strata(root, "import", str(base_archive), "base:1")
-    out = strata(root, "build", "-t", "built:1", str(ctx)).stdout.decode()
-    assert out.splitlines()[0].startswith("STEP 1/")
-    strata(root, "save", "--format", "oci", "-o", str(tmp_path / "mine"), "built:1")
-    mine = _unpacked(tmp_path / "mine", "1", tmp_path / "mine-unpacked")
-
     storage = tmp_path / "buildah"
     strata(root, "save", "-o", str(tmp_path / "base.tar"), "base:1")
     _buildah(storage, "pull", "-q", f"docker-archive:{tmp_path / 'base.tar'}")
     _buildah(storage, "tag", "base:1", "localhost/base:1")
-    _buildah(storage, "bud", "--isolation", "chroot", "--layers", "-q", "-t", "theirs", str(ctx))
-    _buildah(storage, "push", "-q", "theirs", f"oci:{tmp_path / 'theirs'}:1")
+    for tag, text in [*([("parent:1", PARENTS[case])] if case in PARENTS else []), ("built:1", CASES[case])]:
+        (ctx / "Dockerfile").write_text(text)
+        out = strata(root, "build", "-t", tag, str(ctx)).stdout.decode()
+        assert out.splitlines()[0].startswith("STEP 1/")
+        bud = ["bud", "--isolation", "chroot", "--layers", "--format", "docker", "-q", "-t", tag, str(ctx)]
+        _buildah(storage, *bud)
+    strata(root, "save", "--format", "oci", "-o", str(tmp_path / "mine"), "built:1")
+    mine = _unpacked(tmp_path / "mine", "1", tmp_path / "mine-unpacked")
+    _buildah(storage, "push", "-q", "built:1", f"oci:{tmp_path / 'theirs'}:1")
     theirs = _unpacked(tmp_path / "theirs", "1", tmp_path / "theirs-unpacked")
     # buildah leaves in a RUN's layer the empty stubs it mounted over; BuildKit (Docker) removes
     # them, and strata makes none (it mounts where the image has the file or directory)
@@ -127,7 +202,16 @@ def test_build_matches_buildah(case: str, root: Path, tmp_path: Path, base_archi
     assert (ours_only, theirs_only) == ([], []), "file trees differ (strata's lines, buildah's lines)"
     ours_cfg, their_cfg = mine[1].get("config") or {}, theirs[1].get("config") or {}
     their_cfg.get("Labels", {}).pop("io.buildah.version", None)
-    for f in CONFIG_FIELDS:
+    # Docker's own fields, which an OCI config has not: from buildah's Docker-format config
+    docker = json.loads(_buildah(storage, "inspect", "--type", "image", "built:1"))["Docker"]["config"]
+    their_cfg.update({f: docker.get(f) for f in DOCKER_ONLY})
+    ours_cfg.update(
+        {
+            f: json.loads(strata(root, "inspect", "--format", f"{{{{json .Config.{f}}}}}", "built:1").stdout)
+            for f in DOCKER_ONLY
+        }
+    )
+    for f in CONFIG_FIELDS + DOCKER_ONLY:
         assert (f, ours_cfg.get(f) or None) == (f, their_cfg.get(f) or None)
     assert mine[2] == theirs[2], "layer counts differ"
 
@@ -191,3 +275,27 @@ def test_a_rebuild_reuses_every_step_and_gives_the_same_image(root: Path, tmp_pa
     fresh = strata(root, "build", "--no-cache", "-t", "c:3", str(ctx)).stdout.decode()
     assert "Using cache" not in fresh
     assert "is consistent" in strata(root, "system", "check").stdout.decode()
+
+
+def test_heredocs_run_as_buildkit_runs_them(root: Path, tmp_path: Path, base_archive: Path) -> None:
+    """(buildah 1.28, Debian 12's, reads no heredocs: the expected files are written out here.)"""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM base:1\n"
+        "RUN <<EOF\necho one > /h1\necho two >> /h1\nEOF\n"  # alone: the here-document is the script
+        "RUN <<A sh && <<B sh\necho a > /h2\nA\necho b > /h3\nB\n"  # several, each a command's stdin
+        "COPY <<'EOF' /h4\nfour $X\nEOF\n"
+    )
+    strata(root, "import", str(base_archive), "base:1")
+    strata(root, "build", "-t", "h:1", str(ctx))
+    strata(root, "create", "--name", "h", "h:1")
+    out = tmp_path / "h.tar"
+    strata(root, "export", "-o", str(out), "h")
+    with tarfile.open(out) as t:
+        files = {
+            m.name.lstrip("./"): t.extractfile(m).read()
+            for m in t.getmembers()
+            if m.name.lstrip("./") in ("h1", "h2", "h3", "h4")
+        }  # type: ignore[union-attr]
+    assert files == {"h1": b"one\ntwo\n", "h2": b"a\n", "h3": b"b\n", "h4": b"four $X\n"}
