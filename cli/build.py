@@ -63,6 +63,9 @@ class _Host:
 )
 @click.option("--build-arg", "build_args", multiple=True, metavar="K=V", help="Set a build-time variable (repeatable).")
 @click.option("--target", help="Build this stage (and the ones before it) only.")
+@click.option(
+    "--isolation", type=click.Choice(["oci", "chroot"]), help="How RUN runs: runc (default where installed) or chroot."
+)
 @click.option("--no-cache", is_flag=True, help="Run every step again (no step reused from an earlier build).")
 @click.option("-q", "--quiet", is_flag=True, help="Print the image ID only.")
 @click.argument("context", type=click.Path(path_type=Path))
@@ -72,6 +75,7 @@ def build_cmd(
     dockerfile: Path | None,
     build_args: tuple[str, ...],
     target: str | None,
+    isolation: str | None,
     no_cache: bool,
     quiet: bool,
     context: Path,
@@ -88,7 +92,7 @@ def build_cmd(
         context,
         dockerfile or context / "Dockerfile",
         _Host(store, quiet),
-        Options(list(tags), args, target, no_cache),
+        Options(list(tags), args, target, no_cache, isolation),
         say,
     )
     keep_layer_tables(store, [record.id])

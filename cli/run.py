@@ -11,6 +11,7 @@ from cli.build import mounted
 from cli.common import get_store
 from store import run as runspec
 from store.build import isolation
+from store.build.builder import use_runtime
 from store.errors import NotFound, StoreError
 from store.registry import pull as pull_mod
 from store.registry.progress import for_terminal
@@ -28,6 +29,7 @@ from unionfs.mount import MountSpec
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it is passed through).")
 @click.option("-t", "--tty", is_flag=True, help="Accepted for Docker's command line; the terminal is passed through.")
 @click.option("--entrypoint", help="Replace the image's entrypoint (and drop its CMD).")
+@click.option("--isolation", type=click.Choice(["oci", "chroot"]), help="runc (default where installed) or chroot.")
 @click.argument("image")
 @click.argument("command", nargs=-1)
 def run_cmd(
@@ -40,19 +42,20 @@ def run_cmd(
     interactive: bool,
     tty: bool,
     entrypoint: str | None,
+    isolation: str | None,
     image: str,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND in a new container of IMAGE; its exit code is strata's (125: strata's own error)."""
     try:
-        code = _run(remove, name, env, workdir, user, volumes, entrypoint, image, list(command))
+        code = _run(remove, name, env, workdir, user, volumes, entrypoint, isolation, image, list(command))
     except StoreError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(125)
     sys.exit(code)
 
 
-def _run(remove, name, env, workdir, user, volumes, entrypoint, image, command) -> int:  # noqa: ANN001
+def _run(remove, name, env, workdir, user, volumes, entrypoint, isolation_name, image, command) -> int:  # noqa: ANN001
     store = get_store()
     try:
         record = store.resolve(image)
@@ -61,6 +64,7 @@ def _run(remove, name, env, workdir, user, volumes, entrypoint, image, command) 
         record = store.resolve(image)
     proc = runspec.process(store.config(record).get("config") or {}, command, entrypoint, list(env), workdir, user)
     binds = runspec.binds(list(volumes))
+    runtime_tmp = store.blobs.tmp if use_runtime(isolation_name) else None
     c = store.create_container(record.id, name)
     c.image_ref = image
     try:
@@ -72,7 +76,7 @@ def _run(remove, name, env, workdir, user, volumes, entrypoint, image, command) 
             c.status = "running"
             store.containers.put(c)
             try:
-                code = isolation.run(rootfs, proc.argv, proc.env, proc.workdir, proc.user, binds)
+                code = isolation.run(rootfs, proc.argv, proc.env, proc.workdir, proc.user, binds, runtime_tmp)
             except isolation.ExecFailed as e:
                 click.echo(f"Error: {e}", err=True)
                 code = e.code

@@ -22,7 +22,7 @@ from ..images import ImageRecord, LayerRef
 from ..layers import chain_ids
 from ..registry import platform
 from ..store import Store, now_rfc3339
-from . import cache, isolation, meta
+from . import cache, isolation, meta, runtime
 from .cache import BuildCache
 from .copying import URL_PREFIXES, copy_in, source_paths
 from .dockerfile import Dockerfile, DockerfileError, Instruction, parse
@@ -58,6 +58,7 @@ class Options:
     build_args: dict[str, str] = field(default_factory=dict)
     target: str | None = None
     no_cache: bool = False
+    isolation: str | None = None  # "oci" (runc) or "chroot"; None: oci where runc is installed
     compression: str = "gzip"
 
 
@@ -290,11 +291,15 @@ class _Build:
 
         def change(rootfs: Path) -> None:
             (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
-            code = isolation.run(rootfs, argv, env, workdir, user)
+            code = isolation.run(rootfs, argv, env, workdir, user, runtime_tmp=self._runtime_tmp())
             if code != 0:
                 raise self._fail(ins, f"RUN {shown}: exit code {code}")
 
         self._layer_step(image, created_by, change)
+
+    def _runtime_tmp(self) -> Path | None:
+        """Where the OCI runtime's bundles go, or None for chroot isolation."""
+        return self.store.blobs.tmp if use_runtime(self.opts.isolation) else None
 
     def _copy(self, ins: Instruction, image: _Image, stage: meta.Stage) -> None:
         env = stage.env()
@@ -323,6 +328,15 @@ class _Build:
         with self._container(image) as (_upper, _work, scratch):
             with self.host.mounted(self._lowers(image) or [scratch / "empty"], None, None) as root:
                 yield root
+
+
+def use_runtime(isolation_name: str | None) -> bool:
+    """Whether to run through the OCI runtime: asked for, or by default where it is installed."""
+    if isolation_name not in (None, "oci", "chroot"):
+        raise InvalidInput(f"unknown isolation {isolation_name!r} (use oci or chroot)")
+    if isolation_name == "oci" and not runtime.available():
+        raise InvalidInput("--isolation oci needs runc, which is not installed (or use --isolation chroot)")
+    return isolation_name == "oci" or (isolation_name is None and runtime.available())
 
 
 def _scratch_config() -> dict:

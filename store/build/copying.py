@@ -105,37 +105,11 @@ def _expand(root: Path, src: str, from_context: bool, ignored: Callable[[str], b
         found = [rel] if os.path.lexists(root / rel) else []
     keep_dirs = getattr(ignored, "has_exceptions", False)  # (an exception may bring files back below)
     found = [f for f in found if f == "." or not ignored(f) or (keep_dirs and (root / f).is_dir())]
-    out = [_resolve_in(root, f) for f in found]
+    out = [isolation.resolve_in(root, f) for f in found]
     if not out or any(p is None for p in out):
         where = "the build context" if from_context else "the stage"
         raise InvalidInput(f"{src}: no such file or directory in {where}")
     return out  # type: ignore[return-value]
-
-
-def _resolve_in(root: Path, rel: str, hops: int = 40) -> Path | None:
-    """*rel* below *root* with its symlinks followed as if *root* were ``/``; None if dangling."""
-    done: list[str] = []
-    todo = [c for c in rel.split("/") if c not in ("", ".")]
-    while todo:
-        c = todo.pop(0)
-        if c == "..":
-            if done:
-                done.pop()
-            continue
-        p = root.joinpath(*done, c)
-        if p.is_symlink():
-            hops -= 1
-            if hops < 0:
-                return None
-            target = os.readlink(p)
-            if target.startswith("/"):
-                done = []
-            todo = [x for x in target.split("/") if x not in ("", ".")] + todo
-            continue
-        if not os.path.lexists(p):
-            return None
-        done.append(c)
-    return root.joinpath(*done)
 
 
 def _owner(ins: Instruction, rootfs: Path) -> tuple[int, int] | None:

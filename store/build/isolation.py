@@ -42,6 +42,44 @@ def user_ids(rootfs: Path, user: str) -> tuple[int, int, list[int]]:
     return uid, gid, extra
 
 
+def _check_executable(rootfs: Path, name: str, path: str) -> None:
+    """ExecFailed (127, 126) unless *name* is an executable file in *rootfs* (found on *path*)."""
+    candidates = [name] if "/" in name else [f"{d}/{name}" for d in path.split(":") if d]
+    for c in candidates:
+        p = resolve_in(rootfs, c)
+        if p is not None and p.is_file():
+            if not os.access(p, os.X_OK):
+                raise ExecFailed(126, f'exec: "{name}": permission denied')
+            return
+    raise ExecFailed(127, f'exec: "{name}": executable file not found in $PATH')
+
+
+def resolve_in(root: Path, rel: str, hops: int = 40) -> Path | None:
+    """*rel* below *root* with its symlinks followed as if *root* were ``/``; None if dangling."""
+    done: list[str] = []
+    todo = [c for c in rel.split("/") if c not in ("", ".")]
+    while todo:
+        c = todo.pop(0)
+        if c == "..":
+            if done:
+                done.pop()
+            continue
+        p = root.joinpath(*done, c)
+        if p.is_symlink():
+            hops -= 1
+            if hops < 0:
+                return None
+            target = os.readlink(p)
+            if target.startswith("/"):
+                done = []
+            todo = [x for x in target.split("/") if x not in ("", ".")] + todo
+            continue
+        if not os.path.lexists(p):
+            return None
+        done.append(c)
+    return root.joinpath(*done)
+
+
 def _table(path: Path) -> dict[str, list[str]]:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -68,15 +106,22 @@ def run(
     workdir: str,
     user: str,
     binds: Sequence[tuple[str, str, bool]] = (),
+    runtime_tmp: Path | None = None,
 ) -> int:
     """Run *argv* in *rootfs* with our stdin, stdout and stderr; SIGINT and SIGTERM are passed on.
-    *binds*: (host path, path inside, read-only) mounted in its namespace.  Returns its exit status
-    (as a shell reports a signal: 128 + N); ExecFailed if it cannot be started."""
+    *binds*: (host path, path inside, read-only) mounted in its namespace.  With *runtime_tmp*
+    (where its bundle goes), through the OCI runtime (runc); else chroot isolation.  Returns its exit
+    status (as a shell reports a signal: 128 + N); ExecFailed if it cannot be started."""
     uid, gid, groups = user_ids(rootfs, user)
     env = dict(env)
     if "HOME" not in env:  # (as container runtimes set it: the user's home in the image's passwd)
         homes = [r[5] for r in _table(rootfs / "etc/passwd").values() if len(r) > 5 and r[2] == str(uid)]
         env["HOME"] = homes[0] if homes else "/"
+    _check_executable(rootfs, argv[0], env.get("PATH", ""))
+    if runtime_tmp is not None:
+        from . import runtime
+
+        return runtime.run(runtime.config(rootfs, argv, env, workdir, (uid, gid, groups), binds), runtime_tmp)
     libc = ctypes.CDLL(None, use_errno=True)
     root = os.fsencode(rootfs)
 

@@ -74,3 +74,20 @@ def test_sigterm_reaches_the_command(root: Path, base: str) -> None:
         assert proc.stdout.read() == b"caught\n"
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+def test_each_isolation(root: Path, base: str, tmp_path: Path, isolation: str) -> None:
+    """runc (a new PID namespace: the command is pid 1) and chroot (buildah's: no PID namespace)."""
+    script = "echo $$ $HOME; echo x > /m/y"
+    args = ["run", "--rm", "--isolation", isolation, "-v", f"{tmp_path}:/m:ro", base, "sh", "-c", script]
+    proc = strata(root, *args, check=False)
+    pid, home = proc.stdout.decode().split()
+    assert (pid == "1") == (isolation == "oci") and home == "/root"
+    assert proc.returncode == 2 and b"Read-only file system" in proc.stderr
+    assert (
+        strata(
+            root, "run", "--rm", "--isolation", isolation, "-u", "app", base, "sh", "-c", "exit 9", check=False
+        ).returncode
+        == 9
+    )
