@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -85,6 +86,9 @@ def build_cmd(
     for a in build_args:
         k, eq, v = a.partition("=")
         args[k] = v if eq else ""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None and not epoch.isdigit():
+        fail(f"SOURCE_DATE_EPOCH={epoch!r}: expected seconds since 1970")
     store = get_store()
     say = (lambda _line: None) if quiet else (lambda line: click.echo(line))
     record = build(
@@ -92,7 +96,7 @@ def build_cmd(
         context,
         dockerfile or context / "Dockerfile",
         _Host(store, quiet),
-        Options(list(tags), args, target, no_cache, isolation),
+        Options(list(tags), args, target, no_cache, isolation, int(epoch) if epoch else None),
         say,
     )
     keep_layer_tables(store, [record.id])

@@ -188,6 +188,7 @@ def write_changeset(
     out: BinaryIO,
     keep_xattr: Callable[[str], bool],
     layer: _LayerWriter | None = None,
+    epoch: int | None = None,
 ) -> None:
     """A reproducible layer tar: entries sorted by path, normalised headers, hard links as links.
 
@@ -216,6 +217,8 @@ def write_changeset(
                 continue
             assert ch.source is not None
             info, st = _tarinfo(name, ch.source, keep_xattr)
+            if epoch is not None and info.mtime > epoch:  # (SOURCE_DATE_EPOCH: nothing newer than it)
+                info.mtime = epoch
             if info.isreg() and st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
                 if key in links:
@@ -278,8 +281,10 @@ def commit_layer(
     changes: Iterable[ChangedPath],
     keep_xattr: Callable[[str], bool],
     compression: str = "gzip",
+    epoch: int | None = None,
 ) -> LayerRef:
-    """Store the changes as a layer over chain *parent* (blob and layer directory); no image record."""
+    """Store the changes as a layer over chain *parent* (blob and layer directory); no image record.
+    *epoch*: no entry's mtime later than it (a reproducible build's SOURCE_DATE_EPOCH)."""
     store.hold_ingest_lease()
     # one pass: the tar is hashed and compressed as its entries are made in the new layer directory
     with store.layers.build(parent) as build:
@@ -287,7 +292,7 @@ def commit_layer(
             with _compressor(blob, compression) as packed:  # type: ignore[arg-type]
                 fan = _Fanout(packed)
                 with _LayerWriter(build.unpacker) as writer:
-                    write_changeset(changes, fan, keep_xattr, writer)  # type: ignore[arg-type]
+                    write_changeset(changes, fan, keep_xattr, writer, epoch)  # type: ignore[arg-type]
                 fan.close()
         unpacked = build.install("sha256:" + fan.hash.hexdigest())
     return LayerRef(blob.digest, mt.layer_type_for(compression), blob.size, unpacked.diff_id)

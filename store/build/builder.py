@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -59,6 +60,7 @@ class Options:
     target: str | None = None
     no_cache: bool = False
     isolation: str | None = None  # "oci" (runc) or "chroot"; None: oci where runc is installed
+    source_date_epoch: int | None = None  # every time in the image, and no file's mtime, later than it
     compression: str = "gzip"
 
 
@@ -195,7 +197,10 @@ class _Build:
         if ins.cmd == "ARG":  # (no row of its own: what it sets is in the keys of the steps after it)
             stage.args.update(self._arg(ins, stage.args, self.global_args))
             return
-        k = cache.key(image.key, ins.original, stage.env(), stage.config, stage.shell, self._inputs(ins, stage))
+        inputs = self._inputs(ins, stage)
+        k = cache.key(
+            image.key, ins.original, stage.env(), stage.config, stage.shell, inputs, self.opts.source_date_epoch
+        )
         hit = None if self.opts.no_cache else self.cache.get(k, image.chain())
         if ins.cmd in meta.META:
             self._history(image, meta.apply(ins, stage, self.df.escape), empty=True, row=hit[0] if hit else None)
@@ -241,9 +246,15 @@ class _Build:
                 out[key] = outer[key]
         return out
 
+    def _now(self) -> str:
+        epoch = self.opts.source_date_epoch
+        if epoch is None:
+            return now_rfc3339()
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
     def _history(self, image: _Image, created_by: str, empty: bool, row: dict | None = None) -> None:
         if row is None:
-            row = {"created": now_rfc3339(), "created_by": created_by, "comment": "buildkit.dockerfile.v0"}
+            row = {"created": self._now(), "created_by": created_by, "comment": "buildkit.dockerfile.v0"}
             if empty:
                 row["empty_layer"] = True
         image.config.setdefault("history", []).append(row)
@@ -271,7 +282,8 @@ class _Build:
             with self.host.mounted(lowers, upper, work) as rootfs:
                 change(rootfs)
             changes = self.host.changes(lowers, upper, work)
-            ref = commit_layer(self.store, image.chain(), changes, self.host.keep_xattr, self.opts.compression)
+            epoch = self.opts.source_date_epoch
+            ref = commit_layer(self.store, image.chain(), changes, self.host.keep_xattr, self.opts.compression, epoch)
         self._add_layer(image, ref, None, created_by)
 
     def _add_layer(self, image: _Image, ref: LayerRef, row: dict | None, created_by: str = "") -> None:

@@ -11,11 +11,12 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import dump_tree, snapshot, strata
+from tests.helpers import REPO, dump_tree, snapshot, strata
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"),
@@ -299,3 +300,24 @@ def test_heredocs_run_as_buildkit_runs_them(root: Path, tmp_path: Path, base_arc
             if m.name.lstrip("./") in ("h1", "h2", "h3", "h4")
         }  # type: ignore[union-attr]
     assert files == {"h1": b"one\ntwo\n", "h2": b"a\n", "h3": b"b\n", "h4": b"four $X\n"}
+
+
+def test_source_date_epoch_makes_builds_reproducible(root: Path, tmp_path: Path, base_archive: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    _context(ctx)
+    (ctx / "Dockerfile").write_text("FROM base:1\nCOPY etc /srv/etc\nRUN echo made > /srv/made\nENV A=1\n")
+    strata(root, "import", str(base_archive), "base:1")
+    exe = str(REPO / ".venv" / "bin" / "strata")
+
+    def build(epoch: str | None) -> str:
+        env = {**os.environ, **({"SOURCE_DATE_EPOCH": epoch} if epoch else {})}
+        cmd = [exe, "--root", str(root), "build", "--no-cache", "-q", str(ctx)]
+        return subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300).stdout.decode().strip()
+
+    first = build("1700000000")
+    time.sleep(1.1)  # (a second later: any time or mtime not clamped would differ)
+    assert build("1700000000") == first
+    assert build(None) != first
+    created = json.loads(strata(root, "inspect", first).stdout)[0]["Created"]
+    assert created.startswith("2023-11-14T22:13:20")
