@@ -130,13 +130,21 @@ class _Build:
             if wanted not in names:
                 raise InvalidInput(f"target stage {self.opts.target!r} could not be found in {self.name}")
             last = names.index(wanted)
+        built: list[_Image] = []
         for i, group in enumerate(groups[: last + 1]):
+            base = split(group[0].args, self.global_args, self.df.escape)[0].lower()
+            if base in names[i:]:  # (a stage can only build on one before it)
+                raise self._fail(
+                    group[0], f"circular dependency: stage {names[i] or i} builds FROM {base}, not built yet"
+                )
             result = self._stage(group)
             self.stages[str(i)] = result
             if names[i]:
                 self.stages[names[i]] = result
-            # the stages before the last are kept as untagged images (as Docker's builder kept them):
-            # their layers are then referenced, and `image prune` removes them
+            built.append(result)
+        # once all succeeded: the stages before the last are kept as untagged images (as Docker's
+        # builder kept them), so that their layers are referenced, and `image prune` removes them
+        for i, result in enumerate(built):
             tags = [reference.parse(t) for t in self.opts.tags] if i == last else []
             record = self.store.add_image(
                 json.dumps(result.config, separators=(",", ":")).encode(), result.layers, tags=tags
@@ -294,6 +302,8 @@ class _Build:
     def _run(self, ins: Instruction, image: _Image, stage: meta.Stage) -> None:
         argv = meta.command(ins, stage)
         env = stage.env()
+        # the proxy variables any build may pass without an ARG; kept out of the history, as Docker does
+        env.update({k: v for k, v in self.opts.build_args.items() if k in meta.PREDEFINED_ARGS and k not in env})
         workdir = stage.config.get("WorkingDir") or "/"
         user = stage.config.get("User") or "root"
         used = " ".join(f"{k}={v}" for k, v in stage.args.items())

@@ -254,6 +254,12 @@ def test_build_matches_buildah(
         ("FROM base:1\nRUN exit 3\n", "Dockerfile:2: RUN /bin/sh -c exit 3: exit code 3"),
         ("FROM scratch\nRUN <<EOF\nnever ends\n", "Dockerfile:2: unterminated heredoc"),
         ('FROM scratch\nCMD ["a"\n', "Dockerfile:2: CMD: unterminated JSON array"),
+        ("FROM b AS a\nENV X=1\nFROM a AS b\n", "Dockerfile:1: circular dependency"),
+        ("FROM scratch AS a\nFROM a AS a2\nFROM a2 AS a2\n", "Dockerfile:3: circular dependency"),
+        (
+            "FROM scratch\nADD http://127.0.0.1:9/file /f\n",
+            "Dockerfile:2: ADD http://127.0.0.1:9/file: cannot fetch it",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_tags_nothing(
@@ -348,3 +354,16 @@ def test_source_date_epoch_makes_builds_reproducible(root: Path, tmp_path: Path,
     assert build(None) != first
     created = json.loads(strata(root, "inspect", first).stdout)[0]["Created"]
     assert created.startswith("2023-11-14T22:13:20")
+
+
+def test_build_args_and_the_predefined_proxy_args(root: Path, tmp_path: Path, base_archive: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text('FROM base:1\nARG V=default\nRUN echo "$V $HTTP_PROXY $UNDECLARED" > /seen\n')
+    strata(root, "import", str(base_archive), "base:1")
+    args = ["--build-arg", "V=given", "--build-arg", "HTTP_PROXY=http://proxy:3128", "--build-arg", "UNDECLARED=x"]
+    strata(root, "build", "-t", "p:1", *args, str(ctx))
+    out = strata(root, "run", "--rm", "p:1", "sh", "-c", "read l < /seen; echo $l").stdout.decode()
+    assert out == "given http://proxy:3128\n"  # (an argument no ARG declares stays out, a proxy one comes in)
+    history = strata(root, "history", "--no-trunc", "--format", "{{.CreatedBy}}", "p:1").stdout.decode()
+    assert "V=given" in history and "proxy" not in history  # (as Docker: proxies never in the history)
