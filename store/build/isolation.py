@@ -162,6 +162,11 @@ def run(
         raise ExecFailed(126, f'exec: "{argv[0]}": permission denied') from None
     except subprocess.SubprocessError:  # (the set-up in the child failed: a namespace, a mount, the user)
         raise InvalidInput(f"cannot start {argv[0]} in the container (its namespaces, mounts or user)") from None
+    return wait_passing_signals(proc)
+
+
+def wait_passing_signals(proc: subprocess.Popen) -> int:
+    """Wait for *proc*, passing SIGINT and SIGTERM on to it; its status as a shell gives it."""
     passed = {s: signal.signal(s, lambda n, _f: proc.send_signal(n)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = proc.wait()

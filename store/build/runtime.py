@@ -8,11 +8,12 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from .isolation import wait_passing_signals
 
 CAPS = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
@@ -83,11 +84,7 @@ def run(spec: dict, tmp: Path) -> int:
         (Path(bundle) / "config.json").write_text(json.dumps(spec))
         name = "strata-" + secrets.token_hex(8)
         proc = subprocess.Popen(["runc", "run", "--bundle", bundle, name])
-        passed = {s: signal.signal(s, lambda n, _f: proc.send_signal(n)) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            code = proc.wait()
+            return wait_passing_signals(proc)
         finally:
-            for s, old in passed.items():
-                signal.signal(s, old)
             subprocess.run(["runc", "delete", "--force", name], capture_output=True, timeout=30)
-        return 128 - code if code < 0 else code

@@ -51,20 +51,24 @@ class _Lexer:
                     cur, started = [], False
                 continue
             started = True
-            if c == self.esc:
-                nxt = self._next()
-                cur.append(nxt if nxt else c)
-            elif c == "'":
-                cur.append(self._single())
-            elif c == '"':
-                cur.append(self._double())
-            elif c == "$":
-                cur.append(self._dollar())
-            else:
-                cur.append(c)
+            cur.append(self._piece(c))
         if started:
             out.append("".join(cur))
         return out
+
+    def _piece(self, c: str) -> str:
+        """What the character *c* just read stands for: an escaped character, a quoted string or a
+        variable's value (each read on), or itself."""
+        if c == self.esc:
+            nxt = self._next()
+            return nxt if nxt else c
+        if c == "'":
+            return self._single()
+        if c == '"':
+            return self._double()
+        if c == "$":
+            return self._dollar()
+        return c
 
     def _single(self) -> str:
         end = self.s.find("'", self.i)
@@ -135,13 +139,4 @@ class _Lexer:
                 raise InvalidInput(f"missing '}}' in {self.s!r}")
             if c == "}":
                 return "".join(cur)
-            if c == self.esc:
-                cur.append(self._next())
-            elif c == "'":
-                cur.append(self._single())
-            elif c == '"':
-                cur.append(self._double())
-            elif c == "$":
-                cur.append(self._dollar())
-            else:
-                cur.append(c)
+            cur.append(self._piece(c))
