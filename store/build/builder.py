@@ -337,9 +337,9 @@ class _Build:
         def change(rootfs: Path) -> None:
             if src_from:
                 with self._source_of(ins, src_from) as src_root:
-                    copy_in(ins, src_root, sources, rootfs, dest, workdir, from_context=False)
+                    copy_in(ins, src_root, sources, rootfs, dest, workdir, False, env=env)
             else:
-                copy_in(ins, self.context, sources, rootfs, dest, workdir, True, self.ignore)
+                copy_in(ins, self.context, sources, rootfs, dest, workdir, True, self.ignore, env)
 
         self._layer_step(image, created_by, change)
 

@@ -9,12 +9,13 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import InvalidInput
 from . import isolation
 from .dockerfile import Instruction
+from .words import expand_heredoc
 
 URL_PREFIXES = ("http://", "https://")
 
@@ -28,6 +29,7 @@ def copy_in(
     workdir: str,
     from_context: bool,
     ignored: Callable[[str], bool] = lambda _rel: False,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """Copy *sources* (relative to *src_root*; globs allowed; *ignored* paths left out, as if they
     were not there) to *dest* in *rootfs*."""
@@ -40,7 +42,7 @@ def copy_in(
     for doc in ins.heredocs:  # (COPY <<EOF /path: the here-document is the file)
         out = _inside(rootfs, target + ("/" + doc.name if into_dir else ""))
         _parents(out.parent, rootfs, owner)
-        out.write_text(doc.content)
+        out.write_text(expand_heredoc(doc.content, env or {}) if doc.expand else doc.content)
         os.chown(out, *(owner or (0, 0)))
         os.chmod(out, mode if mode is not None else 0o644)
     for src in sources:
@@ -50,7 +52,7 @@ def copy_in(
         matches = _expand(src_root, src, from_context, ignored)
         if len(matches) > 1:
             into_dir = True
-        for m in matches:
+        for m, name in matches:
             dst = _inside(rootfs, target)
             if m.is_dir():
                 _copy_tree(m, dst, rootfs, owner, mode, from_context, _rel(src_root, m), ignored)
@@ -59,7 +61,7 @@ def copy_in(
                 _extract(m, dst)
             else:
                 if into_dir or dst.is_dir():
-                    dst = dst / m.name
+                    dst = dst / name
                 _parents(dst.parent, rootfs, owner)
                 _copy_one(m, dst, owner, mode, from_context)
 
@@ -83,7 +85,7 @@ def source_paths(root: Path, sources: list[str], ignored: Callable[[str], bool])
         if src.startswith(("<<",) + URL_PREFIXES):
             continue
         try:
-            out += [_rel(root.resolve(), p) for p in _expand(root, src, True, ignored)]
+            out += [_rel(root.resolve(), p) for p, _name in _expand(root, src, True, ignored)]
         except InvalidInput:
             continue  # (reported by the copy itself)
     return out
@@ -93,9 +95,10 @@ def _rel(root: Path, p: Path) -> str:
     return str(p.relative_to(root)) if p != root else ""
 
 
-def _expand(root: Path, src: str, from_context: bool, ignored: Callable[[str], bool]) -> list[Path]:
-    """The files *src* names below *root*: a path, or a glob (Go's filepath.Match patterns); a
-    symlink named is followed, within *root* (its absolute targets are *root*'s, as BuildKit's)."""
+def _expand(root: Path, src: str, from_context: bool, ignored: Callable[[str], bool]) -> list[tuple[Path, str]]:
+    """The files *src* names below *root*, with the names they are copied as: a path, or a glob
+    (Go's filepath.Match patterns); a symlink named is followed, within *root* (its absolute
+    targets are *root*'s, as BuildKit's), and keeps its own name."""
     rel = os.path.normpath(src.lstrip("/"))
     if rel == ".." or rel.startswith("../"):
         raise InvalidInput(f"{src}: forbidden path outside the build context")
@@ -109,7 +112,7 @@ def _expand(root: Path, src: str, from_context: bool, ignored: Callable[[str], b
     if not out or any(p is None for p in out):
         where = "the build context" if from_context else "the stage"
         raise InvalidInput(f"{src}: no such file or directory in {where}")
-    return out  # type: ignore[return-value]
+    return [(p, os.path.basename(f)) for p, f in zip(out, found, strict=True)]  # type: ignore[misc]
 
 
 def _owner(ins: Instruction, rootfs: Path) -> tuple[int, int] | None:

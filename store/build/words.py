@@ -27,9 +27,15 @@ def split(text: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
     return _Lexer(text, env, escape).words(split=True)
 
 
+def expand_heredoc(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
+    """A here-document's text with its variables expanded, as a shell expands an unquoted one:
+    quotes are text, and the escape character escapes only ``$``, itself and the backquote."""
+    return "".join(_Lexer(text, env, escape, heredoc=True).words(split=False))
+
+
 class _Lexer:
-    def __init__(self, text: str, env: Mapping[str, str], escape: str) -> None:
-        self.s, self.i, self.env, self.esc = text, 0, env, escape
+    def __init__(self, text: str, env: Mapping[str, str], escape: str, heredoc: bool = False) -> None:
+        self.s, self.i, self.env, self.esc, self.heredoc = text, 0, env, escape, heredoc
 
     def _peek(self) -> str:
         return self.s[self.i] if self.i < len(self.s) else ""
@@ -60,8 +66,12 @@ class _Lexer:
         """What the character *c* just read stands for: an escaped character, a quoted string or a
         variable's value (each read on), or itself."""
         if c == self.esc:
+            if self.heredoc and self._peek() not in ("$", "`", self.esc):
+                return c
             nxt = self._next()
             return nxt if nxt else c
+        if self.heredoc and c in "'\"":
+            return c
         if c == "'":
             return self._single()
         if c == '"':

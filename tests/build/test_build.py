@@ -102,6 +102,7 @@ CASES = {
         "COPY --chown=app:root --chmod=600 c1.txt /home/app/\n"
         "COPY --chown=12:34 bin /opt/bin\n"
     ),
+    "from-image": "FROM scratch\nCOPY --from=base:1 /etc/passwd /bin/sh /from-image/\n",
     "from-index": "FROM base:1\nRUN echo one > /one\nFROM scratch\nCOPY --from=0 /one /copied\n",
     "copy-dirs": "FROM scratch\nCOPY etc/ /e1/\nCOPY etc /e2\nCOPY etc/sub /e2/\nADD etc /added\n",
     "copy-rename": "FROM scratch\nCOPY c1.txt /renamed.txt\nCOPY c?.txt a* /many/\nCOPY c1.txt /deep/er/\n",
@@ -319,7 +320,8 @@ def test_heredocs_run_as_buildkit_runs_them(root: Path, tmp_path: Path, base_arc
         "FROM base:1\n"
         "RUN <<EOF\necho one > /h1\necho two >> /h1\nEOF\n"  # alone: the here-document is the script
         "RUN <<A sh && <<B sh\necho a > /h2\nA\necho b > /h3\nB\n"  # several, each a command's stdin
-        "COPY <<'EOF' /h4\nfour $X\nEOF\n"
+        "COPY <<'EOF' /h4\nfour $X\nEOF\n"  # quoted: as written
+        "ENV X=ex\nCOPY <<EOF /h5\n'$X' \"${X}\" \\$X \\n\nEOF\n"  # unquoted: expanded as a shell would
     )
     strata(root, "import", str(base_archive), "base:1")
     strata(root, "build", "-t", "h:1", str(ctx))
@@ -330,9 +332,9 @@ def test_heredocs_run_as_buildkit_runs_them(root: Path, tmp_path: Path, base_arc
         files = {
             m.name.lstrip("./"): t.extractfile(m).read()
             for m in t.getmembers()
-            if m.name.lstrip("./") in ("h1", "h2", "h3", "h4")
+            if m.name.lstrip("./") in ("h1", "h2", "h3", "h4", "h5")
         }  # type: ignore[union-attr]
-    assert files == {"h1": b"one\ntwo\n", "h2": b"a\n", "h3": b"b\n", "h4": b"four $X\n"}
+    assert files == {"h1": b"one\ntwo\n", "h2": b"a\n", "h3": b"b\n", "h4": b"four $X\n", "h5": b"'ex' \"ex\" $X \\n\n"}
 
 
 def test_source_date_epoch_makes_builds_reproducible(root: Path, tmp_path: Path, base_archive: Path) -> None:
