@@ -12,6 +12,7 @@ from cli.common import get_store
 from store import run as runspec
 from store.build import isolation
 from store.build.builder import use_runtime
+from store.build.console import Stdio
 from store.errors import NotFound, StoreError
 from store.registry import pull as pull_mod
 from store.registry.progress import for_terminal
@@ -26,8 +27,8 @@ from unionfs.mount import MountSpec
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("-u", "--user", help="USER[:GROUP] to run as.")
 @click.option("-v", "--volume", "volumes", multiple=True, metavar="/HOST:/CTR[:ro]", help="Bind a host path in.")
-@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (it is passed through).")
-@click.option("-t", "--tty", is_flag=True, help="Accepted for Docker's command line; the terminal is passed through.")
+@click.option("-i", "--interactive", is_flag=True, help="Pass stdin through (else the command reads /dev/null).")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (relayed to ours).")
 @click.option("--entrypoint", help="Replace the image's entrypoint (and drop its CMD).")
 @click.option("--isolation", type=click.Choice(["oci", "chroot"]), help="runc (default where installed) or chroot.")
 @click.argument("image")
@@ -48,14 +49,15 @@ def run_cmd(
 ) -> None:
     """Run COMMAND in a new container of IMAGE; its exit code is strata's (125: strata's own error)."""
     try:
-        code = _run(remove, name, env, workdir, user, volumes, entrypoint, isolation, image, list(command))
+        stdio = Stdio(interactive, tty)
+        code = _run(remove, name, env, workdir, user, volumes, entrypoint, isolation, image, list(command), stdio)
     except StoreError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(125)
     sys.exit(code)
 
 
-def _run(remove, name, env, workdir, user, volumes, entrypoint, isolation_name, image, command) -> int:  # noqa: ANN001
+def _run(remove, name, env, workdir, user, volumes, entrypoint, isolation_name, image, command, stdio) -> int:  # noqa: ANN001
     store = get_store()
     try:
         record = store.resolve(image)
@@ -76,7 +78,7 @@ def _run(remove, name, env, workdir, user, volumes, entrypoint, isolation_name, 
             c.status = "running"
             store.containers.put(c)
             try:
-                code = isolation.run(rootfs, proc.argv, proc.env, proc.workdir, proc.user, binds, runtime_tmp)
+                code = isolation.run(rootfs, proc.argv, proc.env, proc.workdir, proc.user, binds, runtime_tmp, stdio)
             except isolation.ExecFailed as e:
                 click.echo(f"Error: {e}", err=True)
                 code = e.code

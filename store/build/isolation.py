@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import InvalidInput
+from . import console
+from .console import NO_STDIN, Stdio
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 0x4000, 1 << 18
@@ -107,8 +109,10 @@ def run(
     user: str,
     binds: Sequence[tuple[str, str, bool]] = (),
     runtime_tmp: Path | None = None,
+    stdio: Stdio = NO_STDIN,
 ) -> int:
-    """Run *argv* in *rootfs* with our stdin, stdout and stderr; SIGINT and SIGTERM are passed on.
+    """Run *argv* in *rootfs* with our stdout and stderr (and stdin, or a terminal, as *stdio* says);
+    SIGINT and SIGTERM are passed on.
     *binds*: (host path, path inside, read-only) mounted in its namespace.  With *runtime_tmp*
     (where its bundle goes), through the OCI runtime (runc); else chroot isolation.  Returns its exit
     status (as a shell reports a signal: 128 + N); ExecFailed if it cannot be started."""
@@ -121,7 +125,8 @@ def run(
     if runtime_tmp is not None:
         from . import runtime
 
-        return runtime.run(runtime.config(rootfs, argv, env, workdir, (uid, gid, groups), binds), runtime_tmp)
+        spec = runtime.config(rootfs, argv, env, workdir, (uid, gid, groups), binds, stdio.tty)
+        return runtime.run(spec, runtime_tmp, stdio)
     libc = ctypes.CDLL(None, use_errno=True)
     root = os.fsencode(rootfs)
 
@@ -148,27 +153,45 @@ def run(
                 raise OSError(ctypes.get_errno(), f"mount {host} on {target}")
             if ro and libc.mount(b"none", dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC, None) != 0:
                 raise OSError(ctypes.get_errno(), f"remount {target} read-only")
+        if stdio.tty:
+            console.take_controlling_terminal()
         os.chroot(root)
         os.chdir(workdir or "/")
         os.setgroups(groups)
         os.setgid(gid)
         os.setuid(uid)
 
+    master, slave = console.open_pty() if stdio.tty else (None, None)
+    streams = {"stdin": None if stdio.stdin else subprocess.DEVNULL}
+    if slave is not None:
+        streams = {"stdin": slave, "stdout": slave, "stderr": slave}
     try:
-        proc = subprocess.Popen(argv, env=env, preexec_fn=inside)  # noqa: PLW1509
+        proc = subprocess.Popen(argv, env=env, preexec_fn=inside, start_new_session=stdio.tty, **streams)  # noqa: PLW1509
     except FileNotFoundError:
         raise ExecFailed(127, f'exec: "{argv[0]}": executable file not found in $PATH') from None
     except PermissionError:
         raise ExecFailed(126, f'exec: "{argv[0]}": permission denied') from None
     except subprocess.SubprocessError:  # (the set-up in the child failed: a namespace, a mount, the user)
         raise InvalidInput(f"cannot start {argv[0]} in the container (its namespaces, mounts or user)") from None
-    return wait_passing_signals(proc)
+    finally:
+        if slave is not None:
+            os.close(slave)
+    try:
+        return wait_passing_signals(proc, master, stdio.stdin)
+    finally:
+        if master is not None:
+            os.close(master)
 
 
-def wait_passing_signals(proc: subprocess.Popen) -> int:
-    """Wait for *proc*, passing SIGINT and SIGTERM on to it; its status as a shell gives it."""
+def wait_passing_signals(
+    proc: subprocess.Popen | console.Child, terminal: int | None = None, forward_stdin: bool = False
+) -> int:
+    """Wait for *proc*, passing SIGINT and SIGTERM on to it (and relaying its *terminal*, if it
+    has one); its status as a shell gives it."""
     passed = {s: signal.signal(s, lambda n, _f: proc.send_signal(n)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if terminal is not None:
+            console.relay(terminal, proc, forward_stdin)
         code = proc.wait()
     finally:
         for s, old in passed.items():

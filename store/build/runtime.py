@@ -8,11 +8,14 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import console
+from .console import NO_STDIN, Stdio
 from .isolation import wait_passing_signals
 
 CAPS = [
@@ -37,6 +40,7 @@ def config(
     workdir: str,
     ids: tuple[int, int, list[int]],
     binds: Sequence[tuple[str, str, bool]],
+    terminal: bool = False,
 ) -> dict:
     """The OCI runtime spec of the process (mounts only where the image has their mount points)."""
     uid, gid, groups = ids
@@ -57,10 +61,14 @@ def config(
         mounts.append(
             {"destination": target, "type": "bind", "source": host, "options": ["rbind", "ro" if ro else "rw"]}
         )
+    process: dict = {"terminal": terminal}
+    size = console.window_size() if terminal else None
+    if size:
+        process["consoleSize"] = {"height": size[0], "width": size[1]}
     return {
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": False,
+            **process,
             "user": {"uid": uid, "gid": gid, "additionalGids": groups},
             "args": argv,
             "env": [f"{k}={v}" for k, v in env.items()],
@@ -78,13 +86,36 @@ def config(
     }
 
 
-def run(spec: dict, tmp: Path) -> int:
-    """Run *spec* with runc (our stdin, stdout and stderr; SIGINT and SIGTERM passed on)."""
+def run(spec: dict, tmp: Path, stdio: Stdio = NO_STDIN) -> int:
+    """Run *spec* with runc (our stdout and stderr, our stdin or a terminal as *stdio* says; SIGINT
+    and SIGTERM passed on)."""
     with tempfile.TemporaryDirectory(dir=tmp, prefix=f"bundle-{os.getpid()}-") as bundle:
         (Path(bundle) / "config.json").write_text(json.dumps(spec))
         name = "strata-" + secrets.token_hex(8)
-        proc = subprocess.Popen(["runc", "run", "--bundle", bundle, name])
         try:
-            return wait_passing_signals(proc)
+            if stdio.tty:
+                return _run_on_terminal(bundle, name, stdio.stdin)
+            stdin = None if stdio.stdin else subprocess.DEVNULL
+            return wait_passing_signals(subprocess.Popen(["runc", "run", "--bundle", bundle, name], stdin=stdin))
         finally:
             subprocess.run(["runc", "delete", "--force", name], capture_output=True, timeout=30)
+
+
+def _run_on_terminal(bundle: str, name: str, forward_stdin: bool) -> int:
+    """As conmon does it: runc starts the container detached and hands us the terminal's master on
+    a console socket; we, its subreaper, wait for the container's process and relay its terminal.
+    (In the foreground runc would need a terminal of its own, which a pipeline does not have.)"""
+    console.become_subreaper()
+    sock, pid_file = os.path.join(bundle, "console.sock"), os.path.join(bundle, "pid")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(sock)
+        listener.listen(1)
+        argv = ["runc", "run", "--detach", "--console-socket", sock, "--pid-file", pid_file, "--bundle", bundle, name]
+        starter = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        master = console.receive_master(listener, starter)
+    try:
+        if starter.wait(timeout=60) != 0:
+            raise OSError(f"runc could not start the container (exit code {starter.returncode})")
+        return wait_passing_signals(console.Child(int(Path(pid_file).read_text())), master, forward_stdin)
+    finally:
+        os.close(master)

@@ -13,11 +13,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def base_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny base image with a shell: the host's dash and the libraries it needs, as a docker archive."""
+    """A tiny base image with a shell: the host's dash, stty and readlink and the libraries they need,
+    as a docker archive."""
     work = tmp_path_factory.mktemp("base")
     rootfs = work / "rootfs"
-    libs = [line.split()[-2] if "=>" in line else line.split()[0] for line in _ldd("/bin/dash")]
-    for f in ["/bin/dash", *[lib for lib in libs if lib.startswith("/")]]:
+    tools = ["/bin/dash", "/bin/stty", "/bin/readlink"]  # (stty and readlink: what -t is seen by)
+    libs = {line.split()[-2] if "=>" in line else line.split()[0] for tool in tools for line in _ldd(tool)}
+    for f in [*tools, *sorted(lib for lib in libs if lib.startswith("/"))]:
         dst = rootfs / f.lstrip("/")
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(os.path.realpath(f), dst)

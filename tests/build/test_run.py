@@ -3,9 +3,12 @@ signals, names, --rm, and the container that stays for diff and ps."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -91,3 +94,45 @@ def test_each_isolation(root: Path, base: str, tmp_path: Path, isolation: str) -
         ).returncode
         == 9
     )
+
+
+@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+def test_stdin_only_with_i_and_a_terminal_with_t(root: Path, base: str, isolation: str) -> None:
+    """As docker run: without -i the command reads /dev/null; -t gives it a terminal on all three
+    streams (its output then in the terminal's line endings); -it relays our stdin to it."""
+    run = ["run", "--rm", "--isolation", isolation]
+    plain = strata(root, *run, base, "sh", "-c", "cat; test -t 1 || echo no tty", input=b"unread\n")
+    assert plain.stdout == b"no tty\n"
+    script = "test -t 0 && test -t 1 && test -t 2 && echo a tty; readlink /proc/self/fd/0; echo err >&2"
+    t = strata(root, *run, "-t", base, "sh", "-c", script, input=b"unread\n")
+    lines = t.stdout.split(b"\r\n")
+    assert lines[0] == b"a tty" and lines[1].startswith(b"/dev/pts/") and lines[2:] == [b"err", b""]
+    assert t.stderr == b""
+    it = strata(root, *run, "-i", "-t", base, "sh", "-c", "read x; echo got $x; exit 5", input=b"data\n", check=False)
+    assert it.returncode == 5 and b"got data\r\n" in it.stdout
+
+
+@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+def test_the_terminal_has_our_size(root: Path, base: str, isolation: str) -> None:
+    """Run from a terminal of 33 rows and 77 columns, the command's terminal is as big."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))
+    exe = str(REPO / ".venv" / "bin" / "strata")
+    args = [exe, "--root", str(root), "run", "--rm", "--isolation", isolation, "-t", base, "stty", "size"]
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    try:
+        assert proc.wait(timeout=60) == 0
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"33 77" in out
