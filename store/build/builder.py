@@ -25,6 +25,7 @@ from ..registry import platform
 from ..store import Store, now_rfc3339
 from . import cache, isolation, meta, runtime
 from .cache import BuildCache
+from .console import Stdio
 from .copying import URL_PREFIXES, copy_in, source_paths
 from .dockerfile import Dockerfile, DockerfileError, Instruction, parse
 from .ignore import Ignore
@@ -313,7 +314,8 @@ class _Build:
 
         def change(rootfs: Path) -> None:
             (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
-            code = isolation.run(rootfs, argv, env, workdir, user, runtime_tmp=self._runtime_tmp())
+            stdio = Stdio(script=meta.script(ins))  # (and /dev/null for stdin, as Docker's RUN)
+            code = isolation.run(rootfs, argv, env, workdir, user, runtime_tmp=self._runtime_tmp(), stdio=stdio)
             if code != 0:
                 raise self._fail(ins, f"RUN {shown}: exit code {code}")
 

@@ -15,7 +15,7 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -23,14 +23,35 @@ PR_SET_CHILD_SUBREAPER = 36
 
 @dataclass(frozen=True)
 class Stdio:
-    """What the command's standard streams are: *stdin* ours (``-i``) or /dev/null, and with *tty*
-    a new pseudo-terminal for all three (``-t``)."""
+    """What the command's descriptors are: *stdin* ours (``-i``) or /dev/null, with *tty* a new
+    pseudo-terminal for all three (``-t``), and a *script* open at SCRIPT_FD for its interpreter."""
 
     stdin: bool = False
     tty: bool = False
+    script: str | None = None
 
 
 NO_STDIN = Stdio()  # (as Docker runs a build's RUN, and `run` without -i)
+SCRIPT_FD = 3
+
+
+@contextlib.contextmanager
+def script_fd(script: str | None) -> Iterator[tuple[tuple[int, ...], Callable[[], None]]]:
+    """Popen's *pass_fds* and a step for its *preexec_fn* that leave *script* (if any) open at
+    SCRIPT_FD in the child, in an anonymous memory file that is gone with its last descriptor."""
+    if script is None:
+        yield (), lambda: None
+        return
+    fd = os.memfd_create("script")
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(script.encode())
+        if fd == SCRIPT_FD:
+            yield (fd,), lambda: None
+        else:  # (SCRIPT_FD is open here, or the memory file would have got it: the child's copy is replaced)
+            yield (SCRIPT_FD, fd), lambda: os.dup2(fd, SCRIPT_FD)
+    finally:
+        os.close(fd)
 
 
 def window_size() -> tuple[int, int] | None:

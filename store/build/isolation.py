@@ -155,6 +155,7 @@ def run(
                 raise OSError(ctypes.get_errno(), f"remount {target} read-only")
         if stdio.tty:
             console.take_controlling_terminal()
+        place_script()
         os.chroot(root)
         os.chdir(workdir or "/")
         os.setgroups(groups)
@@ -166,7 +167,10 @@ def run(
     if slave is not None:
         streams = {"stdin": slave, "stdout": slave, "stderr": slave}
     try:
-        proc = subprocess.Popen(argv, env=env, preexec_fn=inside, start_new_session=stdio.tty, **streams)  # noqa: PLW1509
+        with console.script_fd(stdio.script) as (pass_fds, place_script):
+            proc = subprocess.Popen(  # noqa: PLW1509
+                argv, env=env, preexec_fn=inside, start_new_session=stdio.tty, pass_fds=pass_fds, **streams
+            )
     except FileNotFoundError:
         raise ExecFailed(127, f'exec: "{argv[0]}": executable file not found in $PATH') from None
     except PermissionError:

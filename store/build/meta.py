@@ -4,10 +4,12 @@ Docker applies them, each with the history row BuildKit writes for it."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInput
+from .console import SCRIPT_FD
 from .dockerfile import Instruction
 from .words import expand, split
 
@@ -71,21 +73,38 @@ def pairs(ins: Instruction, env: dict[str, str], escape: str) -> list[tuple[str,
 
 
 def command(ins: Instruction, stage: Stage) -> list[str]:
-    """CMD/ENTRYPOINT/RUN argv: the exec form as given, the shell form through the stage's SHELL."""
+    """CMD/ENTRYPOINT/RUN argv: the exec form as given, the shell form through the stage's SHELL.
+    A lone here-document that starts with ``#!`` runs by its interpreter, reading it from SCRIPT_FD."""
     if ins.exec_form is not None:
         return list(ins.exec_form)
     if ins.heredocs:
-        doc = ins.heredocs[0]
-        if len(ins.heredocs) == 1 and ins.args.strip() in (
-            f"<<{doc.name}",
-            f"<<-{doc.name}",
-            f"<<'{doc.name}'",
-            f'<<"{doc.name}"',
-        ):
-            return [*stage.shell, doc.content]  # (`RUN <<EOF` alone: the here-document is the script, as BuildKit)
+        content = _lone_heredoc(ins)
+        if content is not None:
+            if not content.startswith("#!"):
+                return [*stage.shell, content]  # (`RUN <<EOF` alone: the here-document is the script, as BuildKit)
+            # as the kernel reads a `#!` line: the interpreter, then the rest of the line as one argument
+            line = content[2:].split("\n", 1)[0].strip(" \t")
+            interpreter = re.split("[ \t]", line, maxsplit=1)[0]
+            arg = line[len(interpreter) :].strip(" \t")
+            return [interpreter, *([arg] if arg else []), f"/dev/fd/{SCRIPT_FD}"]  # (BuildKit mounts it at /dev/pipes/)
         # otherwise the shell reads the here-documents after the command line, as a script would
         return [*stage.shell, ins.args + "\n" + "".join(f"{d.content}{d.name}\n" for d in ins.heredocs)]
     return [*stage.shell, ins.args]
+
+
+def script(ins: Instruction) -> str | None:
+    """The here-document that its `#!` interpreter reads from SCRIPT_FD, or None."""
+    content = _lone_heredoc(ins) if ins.exec_form is None else None
+    return content if content is not None and content.startswith("#!") else None
+
+
+def _lone_heredoc(ins: Instruction) -> str | None:
+    """The here-document that is the whole of a RUN (`RUN <<EOF` and nothing else), or None."""
+    if len(ins.heredocs) != 1:
+        return None
+    doc = ins.heredocs[0]
+    alone = ins.args.strip() in (f"<<{doc.name}", f"<<-{doc.name}", f"<<'{doc.name}'", f'<<"{doc.name}"')
+    return doc.content if alone else None
 
 
 def apply(ins: Instruction, stage: Stage, escape: str) -> str:

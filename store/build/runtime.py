@@ -93,15 +93,19 @@ def run(spec: dict, tmp: Path, stdio: Stdio = NO_STDIN) -> int:
         (Path(bundle) / "config.json").write_text(json.dumps(spec))
         name = "strata-" + secrets.token_hex(8)
         try:
-            if stdio.tty:
-                return _run_on_terminal(bundle, name, stdio.stdin)
-            stdin = None if stdio.stdin else subprocess.DEVNULL
-            return wait_passing_signals(subprocess.Popen(["runc", "run", "--bundle", bundle, name], stdin=stdin))
+            with console.script_fd(stdio.script) as (pass_fds, place_script):
+                # (runc passes fd 3 on to the container's process with --preserve-fds)
+                fds = {"pass_fds": pass_fds, "preexec_fn": place_script}
+                run = ["runc", "run", *(["--preserve-fds", "1"] if pass_fds else []), "--bundle", bundle]
+                if stdio.tty:
+                    return _run_on_terminal(run, bundle, name, stdio.stdin, fds)
+                stdin = None if stdio.stdin else subprocess.DEVNULL
+                return wait_passing_signals(subprocess.Popen([*run, name], stdin=stdin, **fds))  # noqa: PLW1509
         finally:
             subprocess.run(["runc", "delete", "--force", name], capture_output=True, timeout=30)
 
 
-def _run_on_terminal(bundle: str, name: str, forward_stdin: bool) -> int:
+def _run_on_terminal(run: list[str], bundle: str, name: str, forward_stdin: bool, fds: dict) -> int:
     """As conmon does it: runc starts the container detached and hands us the terminal's master on
     a console socket; we, its subreaper, wait for the container's process and relay its terminal.
     (In the foreground runc would need a terminal of its own, which a pipeline does not have.)"""
@@ -110,8 +114,8 @@ def _run_on_terminal(bundle: str, name: str, forward_stdin: bool) -> int:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(sock)
         listener.listen(1)
-        argv = ["runc", "run", "--detach", "--console-socket", sock, "--pid-file", pid_file, "--bundle", bundle, name]
-        starter = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        argv = [*run, "--detach", "--console-socket", sock, "--pid-file", pid_file, name]
+        starter = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **fds)  # noqa: PLW1509
         master = console.receive_master(listener, starter)
     try:
         if starter.wait(timeout=60) != 0:

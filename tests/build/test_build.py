@@ -312,7 +312,8 @@ def test_a_rebuild_reuses_every_step_and_gives_the_same_image(root: Path, tmp_pa
     assert "is consistent" in strata(root, "system", "check").stdout.decode()
 
 
-def test_heredocs_run_as_buildkit_runs_them(root: Path, tmp_path: Path, base_archive: Path) -> None:
+@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+def test_heredocs_run_as_buildkit_runs_them(root: Path, tmp_path: Path, base_archive: Path, isolation: str) -> None:
     """(buildah 1.28, Debian 12's, reads no heredocs: the expected files are written out here.)"""
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -322,9 +323,10 @@ def test_heredocs_run_as_buildkit_runs_them(root: Path, tmp_path: Path, base_arc
         "RUN <<A sh && <<B sh\necho a > /h2\nA\necho b > /h3\nB\n"  # several, each a command's stdin
         "COPY <<'EOF' /h4\nfour $X\nEOF\n"  # quoted: as written
         "ENV X=ex\nCOPY <<EOF /h5\n'$X' \"${X}\" \\$X \\n\nEOF\n"  # unquoted: expanded as a shell would
+        'RUN <<EOF\n#!/bin/sh  -e \necho "$-" > /h6\nEOF\n'  # a `#!` line: run by that interpreter, with its argument
     )
     strata(root, "import", str(base_archive), "base:1")
-    strata(root, "build", "-t", "h:1", str(ctx))
+    strata(root, "build", "--isolation", isolation, "-t", "h:1", str(ctx))
     strata(root, "create", "--name", "h", "h:1")
     out = tmp_path / "h.tar"
     strata(root, "export", "-o", str(out), "h")
@@ -332,9 +334,16 @@ def test_heredocs_run_as_buildkit_runs_them(root: Path, tmp_path: Path, base_arc
         files = {
             m.name.lstrip("./"): t.extractfile(m).read()
             for m in t.getmembers()
-            if m.name.lstrip("./") in ("h1", "h2", "h3", "h4", "h5")
+            if m.name.lstrip("./") in ("h1", "h2", "h3", "h4", "h5", "h6")
         }  # type: ignore[union-attr]
-    assert files == {"h1": b"one\ntwo\n", "h2": b"a\n", "h3": b"b\n", "h4": b"four $X\n", "h5": b"'ex' \"ex\" $X \\n\n"}
+    assert files == {
+        "h1": b"one\ntwo\n",
+        "h2": b"a\n",
+        "h3": b"b\n",
+        "h4": b"four $X\n",
+        "h5": b"'ex' \"ex\" $X \\n\n",
+        "h6": b"e\n",
+    }
 
 
 def test_source_date_epoch_makes_builds_reproducible(root: Path, tmp_path: Path, base_archive: Path) -> None:
