@@ -218,7 +218,7 @@ def parse_args(argv: list[str]) -> dict:
     for p, st in zip(res["lowers"], stats, strict=True):
         if st is None or not stat.S_ISDIR(st.st_mode):  # (resolved: lstat is stat)
             raise UsageError(f"lowerdir {p} does not exist or is not a directory")
-    res["lowers"], res["lower_stats"] = lowers, stats
+    res["named"], res["lowers"], res["lower_stats"] = res["lowers"], lowers, stats
     for k in ("upper", "work"):
         if res[k] is not None:
             rp = os.path.realpath(res[k])
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = MountSpec(
             lowers=a["lowers"],
             lower_stats=a["lower_stats"],
+            named=a["named"],
             upper=a["upper"],
             work=a["work"],
             index_cache=a["index_cache"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import SHARED
+from unionfs import sharedtables
 
 
 def free_port() -> int:
@@ -30,6 +32,20 @@ def _make_images(work: Path, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, text=True)
     finally:
         subprocess.run(["bash", str(SHARED / "registry" / "stop-registry.sh"), str(state)], capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_tables(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The layer tables that strata-overlay mounts share, kept in the session's temp dir (not in
+    /var/cache, where a user's would be)."""
+    where = tmp_path_factory.mktemp("shared-tables")
+    old = os.environ.get(sharedtables.ENV)
+    os.environ[sharedtables.ENV] = str(where)
+    yield where
+    if old is None:
+        del os.environ[sharedtables.ENV]
+    else:
+        os.environ[sharedtables.ENV] = old
 
 
 @pytest.fixture

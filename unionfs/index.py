@@ -299,7 +299,7 @@ def _build(
     stats: Sequence[os.stat_result | None],
     key: bytes,
     jobs: int | None,
-    table_dir: Path | None,
+    table_dir: Path | Sequence[Path | None] | None,
     keys: Sequence[bytes] | None,
 ) -> Index:
     if roots:
@@ -450,9 +450,13 @@ def cache_key(lowers: Sequence[str | os.PathLike], deep: bool = True) -> bytes:
     return _stack_key(layer_keys(roots, stats, deep))
 
 
-def layer_keys(roots: Sequence[bytes], stats: Sequence[os.stat_result | None], deep: bool) -> list[bytes]:
-    """:func:`layer_key` of each of *roots*, resolved by :func:`realpaths` with these *stats*."""
-    return [layer_key(r, deep, st) for r, st in zip(roots, stats, strict=True)]
+def layer_keys(
+    roots: Sequence[bytes], stats: Sequence[os.stat_result | None], deep: bool | Sequence[bool]
+) -> list[bytes]:
+    """:func:`layer_key` of each of *roots*, resolved by :func:`realpaths` with these *stats*, deep
+    for all or (a sequence) for those it says."""
+    depths = [deep] * len(roots) if isinstance(deep, bool) else deep
+    return [layer_key(r, d, st) for r, st, d in zip(roots, stats, depths, strict=True)]
 
 
 def _stack_key(layer_keys: Sequence[bytes]) -> bytes:
@@ -478,12 +482,17 @@ def load_or_build(
     cache: Path | None = None,
     cache_dir: Path | None = None,
     resolved: Sequence[os.stat_result | None] | None = None,
+    tables: Path | None = None,
+    immutable: Sequence[bool] | None = None,
 ) -> Index:
     """Load a valid cached index or build (and cache) a new one.
 
-    *cache*: explicit cache file (shallow key).  Otherwise, with *cache_dir*, a file named after the
-    lower paths inside it (deep key).  With neither, nothing is cached.  The layers' tables are kept
-    in a ``layers`` directory beside the cache file, where other stacks of the same layers find them.
+    *cache*: explicit cache file (shallow keys).  Otherwise, with *cache_dir*, a file named after
+    the lower paths inside it; with neither, no index is cached.  Without *cache*, keys are deep
+    but for the lowers *immutable* says.  The layers' tables are kept in a ``layers`` directory
+    beside the cache file, where other stacks of the same layers find them, but the tables of the
+    *immutable* lowers in *tables* if given: the only tables that other mounts share, as only their
+    root's identity (a shallow key) keeps them valid (a lower file changed in place changes no key).
     *resolved*: *lowers* are :func:`realpaths` already, and these their ``stats`` (a mount has just
     checked them: resolving 1000 layers again costs ~5 ms).
     """
@@ -493,19 +502,25 @@ def load_or_build(
     else:
         stats = []
         roots = realpaths(lowers, stats)
-    if cache is None and cache_dir is None:
-        return _build(roots, stats, b"", None, None, None)
-    deep = cache is None
-    if cache is None:
+    deep: bool | list[bool] = cache is None  # (a caller naming the cache file promises immutable lowers)
+    if cache is None and cache_dir is not None:
         name = xxhash.xxh64_hexdigest(b"\0".join(roots))
         cache = Path(cache_dir) / f"strata-index-{name}.idx"
+    elif cache is None and not (tables is not None and immutable and any(immutable)):
+        return _build(roots, stats, b"", None, None, None)
+    if deep and immutable is not None:
+        deep = [not i for i in immutable]
     keys = layer_keys(roots, stats, deep)
     key = _stack_key(keys)
-    idx = Index.load(cache, expect_key=key)
+    idx = Index.load(cache, expect_key=key) if cache is not None else None
     if idx is not None:
         return idx
-    idx = _build(roots, stats, key, None, Path(cache).parent / TABLE_DIR, keys)
-    if idx.where:
+    beside = Path(cache).parent / TABLE_DIR if cache is not None else None
+    where: Path | list[Path | None] | None = beside
+    if tables is not None and immutable is not None:
+        where = [tables if i else beside for i in immutable]
+    idx = _build(roots, stats, key, None, where, keys)
+    if cache is None or idx.where:
         return idx  # (the file format keeps no redirects: such a rare stack is merged at each mount)
     try:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from . import longpath
+from . import longpath, sharedtables
 from .index import load_or_build, realpaths
 from .upper import Upper
 
@@ -41,6 +41,7 @@ class MountSpec(NamedTuple):  # (not a dataclass: importing dataclasses costs ev
     # the lowers' lstat results if they are already resolved (``index.realpaths``) and checked: the
     # caller did it to report a bad one, and doing it again costs ~4 ms for 1000 layers
     lower_stats: Sequence[os.stat_result | None] | None = None
+    named: Sequence[str | bytes | os.PathLike] | None = None  # resolved lowers as the caller named them
 
 
 def _check_dir(p: Path, what: str) -> Path:
@@ -103,10 +104,21 @@ def _prepare(spec: MountSpec, mountpoint: Path):
         upper.claim_fd = claim
     try:
         if spec.use_index:
-            cache_dir = None
-            if spec.index_cache is None and spec.work is not None:
-                cache_dir = Path(os.path.realpath(spec.work)) / "strata"
-            lower = load_or_build(lowers, spec.index_cache, cache_dir, resolved=stats)
+            cache_dir = tables = None
+            if spec.index_cache is None:  # (a caller naming its cache keeps the tables beside it)
+                tables = sharedtables.shared_dir()
+                if spec.work is not None:
+                    cache_dir = Path(os.path.realpath(spec.work)) / "strata"
+            if tables is not None and upper is not None:
+                sharedtables.forget(tables, upper.root)
+            lower = load_or_build(
+                lowers,
+                spec.index_cache,
+                cache_dir,
+                resolved=stats,
+                tables=tables,
+                immutable=sharedtables.immutable(spec.named or spec.lowers, lowers),
+            )
         else:
             from .probe import ProbeLower
 

@@ -83,25 +83,32 @@ def _scan_shared(roots: Sequence[bytes], todo: list[int]) -> dict[int, LayerTabl
 
 def layer_tables(
     roots: Sequence[bytes],
-    table_dir: Path | None = None,
+    table_dir: Path | Sequence[Path | None] | None = None,
     keys: Sequence[bytes] | None = None,
     jobs: int | None = None,
 ) -> list[LayerTable]:
-    """The table of each layer at *roots*: loaded from *table_dir* where one was saved under its key
-    (*keys*, from :func:`layer_keys`; needed with *table_dir*), else scanned, with a forked helper
-    if *jobs* >= 2 (default: if a CPU is idle) and more than one layer is missing, and saved there."""
+    """The table of each layer at *roots*: loaded from *table_dir* (one for all, or one per layer;
+    None: not kept) where one was saved under its key (*keys*, from :func:`layer_keys`; needed
+    with *table_dir*), else scanned, with a forked helper if *jobs* >= 2 (default: if a CPU is
+    idle) and more than one layer is missing, and saved there."""
+    dirs = [table_dir] * len(roots) if table_dir is None or isinstance(table_dir, Path) else list(table_dir)
+    groups: dict[str, list[int]] = {}
+    for k, d in enumerate(dirs):
+        if d is not None and keys is not None:
+            groups.setdefault(os.fspath(d), []).append(k)
     tables: list[LayerTable | None] = [None] * len(roots)
-    where = os.fspath(table_dir) if table_dir is not None else ""
-    if table_dir is not None and keys is not None:
-        tables = tablepack.load(where, roots, keys)
+    for where, ks in groups.items():
+        for k, t in zip(ks, tablepack.load(where, [roots[k] for k in ks], [keys[k] for k in ks]), strict=True):
+            tables[k] = t
     todo = [k for k, t in enumerate(tables) if t is None]
     if len(todo) > 1 and (jobs if jobs is not None else 1 + _spare_cpus()) >= 2:
         scanned = _scan_shared(roots, todo)
     else:
         scanned = {k: layertable.scan(roots[k]) for k in todo}
-    if table_dir is not None and scanned and keys is not None:
+    for where, ks in groups.items():
+        new = [(roots[k], keys[k], scanned[k]) for k in ks if k in scanned]  # type: ignore[index]
         try:
-            tablepack.save(where, [(roots[k], keys[k], t) for k, t in sorted(scanned.items())])
+            tablepack.save(where, new, os.path.isdir)  # (and drop the layers gone: a stat each, beside a scan)
         except OSError:
             pass  # a cache that cannot be written only costs the next build a scan
     for k, t in scanned.items():

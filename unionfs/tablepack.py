@@ -57,15 +57,18 @@ def load(table_dir: str, roots: Sequence[bytes], keys: Sequence[bytes]) -> list[
     return [None if w is None else decode(records[w[0]], r, k) for w, r, k in zip(where, roots, keys, strict=True)]
 
 
-def save(table_dir: str, tables: Iterable[tuple[bytes, bytes, LayerTable]]) -> None:
-    """Keep each ``(root, key, table)`` of *tables* in *table_dir* (replacing what a root had)."""
+def save(
+    table_dir: str, tables: Iterable[tuple[bytes, bytes, LayerTable]], keep: Callable[[bytes], bool] | None = None
+) -> None:
+    """Keep each ``(root, key, table)`` of *tables* in *table_dir* (replacing what a root had), and
+    drop the tables kept there whose root fails *keep* (if given)."""
     new = [(root, encode(t, root, key)) for root, key, t in tables]
     if new:
         os.makedirs(table_dir, exist_ok=True)
         with _locked(table_dir):
             if not os.path.exists(f"{table_dir}/{PACK}"):
                 _sweep(table_dir)  # tables of an earlier format: never read again
-            _update(table_dir, new, lambda root: True)
+            _update(table_dir, new, keep or (lambda root: True))
 
 
 def prune(table_dir: str, keep: Callable[[bytes], bool] = os.path.isdir) -> int:
