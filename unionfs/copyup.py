@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
+from . import tasks
 from .libc import RENAME_NOREPLACE, renameat2
 from .merged import MergedTree
 from .node import Node, dirname
@@ -113,7 +114,7 @@ class CopyUp:
 
     def __init__(self, tree: MergedTree) -> None:
         self.tree = tree
-        self.locks: dict[int, object] = {}  # inode -> trio.Lock of a copy-up in progress
+        self.locks: dict[int, tasks.Lock] = {}  # inode -> the lock of a copy-up in progress
         # told the inode whose attributes a copy-up changed (its ctime, a directory's too), which
         # the kernel may hold cached from the lower entry; the server invalidates them
         self.changed: Callable[[int], None] = lambda ino: None
@@ -183,11 +184,9 @@ class CopyUp:
             return
         t = self.tree
         up = t.rw()
-        import trio  # only where a request waits: a read-only server never loads trio
-
-        lock = self.locks.setdefault(node.ino, trio.Lock())
+        lock = self.locks.setdefault(node.ino, tasks.Lock())
         try:
-            async with lock:  # type: ignore[attr-defined]
+            async with lock:
                 if node.upper:
                     self._link_up(node)
                     return
@@ -196,7 +195,7 @@ class CopyUp:
                 self.ensure_dir_path(dirname(node.path))
                 tmp = up.tmp_path(up.real(node.path))
                 try:
-                    await trio.to_thread.run_sync(copy_node, src, tmp, st, data, up.durable)
+                    await tasks.run_sync(copy_node, src, tmp, st, data, up.durable)
                     if t.view_id is not None:
                         up.set_origin(tmp, node.ino, t.view_id)
                     # the one await is over: decide only now, on the state as it is
@@ -219,7 +218,7 @@ class CopyUp:
                 if st.st_nlink > 1 and not t.keeps_links:
                     self._link_up_group(node, dst)
         finally:
-            if not lock.locked():  # type: ignore[attr-defined]
+            if not lock.locked():
                 self.locks.pop(node.ino, None)
 
     def _link_up(self, node: Node) -> None:

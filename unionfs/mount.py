@@ -209,10 +209,7 @@ def _serve(ops, mp: Path, opts: set[str], ready_fd: int | None, work: Path | Non
         os.close(ready_fd)
     stopped = {"signal": False}
     try:
-        if ops.up is None:
-            _run_serial(pyfuse3, stopped)
-        else:
-            _run_trio(pyfuse3, ops, opts, work, stopped)
+        _run(pyfuse3, ops, opts, work, stopped)
     finally:
         pyfuse3.close(unmount=stopped["signal"])
 
@@ -220,12 +217,9 @@ def _serve(ops, mp: Path, opts: set[str], ready_fd: int | None, work: Path | Non
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _run_serial(pyfuse3, stopped: dict) -> None:
-    """Lowers only: no request ever waits, so one worker in this thread serves them all.
-
-    That saves a trio task hand-over on every request (~1.5x the rate) and trio's import
-    (~90 ms of the start-up)."""
-    from . import serial_loop
+def _run(pyfuse3, ops, opts: set[str], work: Path | None, stopped: dict) -> None:
+    """Serve requests as tasks of :mod:`unionfs.tasks` until unmounted or stopped by a signal."""
+    from . import tasks
 
     def stop(signum: int, frame: object) -> None:
         stopped["signal"] = True
@@ -233,36 +227,14 @@ def _run_serial(pyfuse3, stopped: dict) -> None:
 
     for s in STOP_SIGNALS:
         signal.signal(s, stop)
-    serial_loop.install(pyfuse3)
-    serial_loop.run(lambda: pyfuse3.main(min_tasks=1, max_tasks=1))
+    writable = ops.up is not None and "ro" not in opts
+    if writable and work is not None:
+        from . import pause
 
-
-def _run_trio(pyfuse3, ops, opts: set[str], work: Path | None, stopped: dict) -> None:
-    """With an upper layer: copy-ups, fsyncs and paused writes wait, so requests run as trio tasks."""
-    import trio
-
-    from . import pause
-
-    gate = pause.install(ops) if work is not None and "ro" not in opts else None
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                with trio.open_signal_receiver(*STOP_SIGNALS) as sigs:
-                    async for _ in sigs:
-                        stopped["signal"] = True
-                        pyfuse3.terminate()
-                        return
-
-            nursery.start_soon(watch)
-            if gate is not None:
-                nursery.start_soon(pause.serve_signals, gate, work / pause.FLAG_NAME)
-            # a read-only mount of an upper has nothing that waits either: one worker suffices
-            await pyfuse3.main(max_tasks=1 if "ro" in opts else 32)
-            nursery.cancel_scope.cancel()
-
-    trio.run(run)
+        pause.serve_signals(pause.install(ops), work / pause.FLAG_NAME)
+    tasks.install(pyfuse3)
+    # without an upper nothing waits (no copy-up, fsync or paused write): one worker serves all
+    tasks.run(lambda: pyfuse3.main(min_tasks=1, max_tasks=32 if writable else 1))
 
 
 def mount(spec: MountSpec, mountpoint: Path, foreground: bool = False) -> int | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyfuse3
 
-from . import longpath
+from . import longpath, tasks
 from . import rename as renames
 from .copyup import CopyUp
 from .libc import RENAME_EXCHANGE, RENAME_NOREPLACE, fallocate
@@ -310,17 +310,13 @@ class UnionOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         if self.no_open:  # nothing written, nothing to sync
             return
-        import trio
-
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+        await tasks.run_sync(os.fdatasync if datasync else os.fsync, fh)
 
     @_fuse_errors
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         # The kernel passes only handles opened for writing, so *fh* is a file of the upper layer.
         self.t.rw()
-        import trio
-
-        await trio.to_thread.run_sync(fallocate, fh, mode, offset, length)
+        await tasks.run_sync(fallocate, fh, mode, offset, length)
 
     @_fuse_errors
     async def create(

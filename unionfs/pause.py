@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import trio
+from . import tasks
 
 FLAG_NAME = ".strata-paused"
 MUTATING = (
@@ -29,17 +29,17 @@ class WriteGate:
     """Counts mutating requests in flight and holds new ones while closed."""
 
     def __init__(self) -> None:
-        self._open = trio.Event()
+        self._open = tasks.Event()
         self._open.set()
         self._inflight = 0
-        self._drained = trio.Event()
+        self._drained = tasks.Event()
         self._drained.set()
 
     async def enter(self) -> None:
         while not self._open.is_set():
             await self._open.wait()
         self._inflight += 1
-        self._drained = trio.Event()
+        self._drained = tasks.Event()
 
     def leave(self) -> None:
         self._inflight -= 1
@@ -48,7 +48,7 @@ class WriteGate:
 
     async def close(self) -> None:
         """Hold new requests; return once none is in flight."""
-        self._open = trio.Event()
+        self._open = tasks.Event()
         if self._inflight:
             await self._drained.wait()
 
@@ -80,16 +80,22 @@ def install(ops: Any) -> WriteGate:
     return gate
 
 
-async def serve_signals(gate: WriteGate, flag: Path) -> None:
+def serve_signals(gate: WriteGate, flag: Path) -> None:
     """The server side: SIGUSR1 pauses (answering with the flag file), SIGUSR2 resumes."""
-    with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGUSR2) as signals:
-        async for sig in signals:
-            if sig == signal.SIGUSR1:
-                await gate.close()
-                flag.touch()
-            else:
-                flag.unlink(missing_ok=True)
-                gate.reopen()
+
+    async def close() -> None:
+        await gate.close()
+        flag.touch()
+
+    def on_signal(sig: int, frame: object) -> None:
+        if sig == signal.SIGUSR1:
+            tasks.spawn(close, name="pause")
+        else:
+            flag.unlink(missing_ok=True)
+            gate.reopen()
+
+    signal.signal(signal.SIGUSR1, on_signal)
+    signal.signal(signal.SIGUSR2, on_signal)
 
 
 def pause(pid: int, work: Path, timeout: float = 30.0) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pyfuse3
 import pytest
-import trio
 
+from unionfs import tasks
 from unionfs.changes import iter_changes
 from unionfs.index import build_index
 from unionfs.mount import MountSpec, mount, unmount
@@ -48,7 +48,7 @@ def tree(tmp_path: Path) -> dict[str, Path]:
 
 
 def run(fn, *args):
-    return trio.run(fn, *args)
+    return tasks.run(lambda: fn(*args))
 
 
 def test_direct_lookup_getattr_create_unlink(tree) -> None:
