@@ -176,6 +176,7 @@ def parse_args(argv: list[str]) -> dict:
         # a container's rootfs needs its device nodes and set-id programs, as with fuse-overlayfs
         "dev": True,
         "suid": True,
+        "passthrough": True,
     }
     for group in opts:
         for o in _split_options(group):
@@ -201,6 +202,8 @@ def parse_args(argv: list[str]) -> dict:
                 res["index_cache"] = Path(value)
             elif key == "debug":
                 res["debug"] = True
+            elif key in ("passthrough", "nopassthrough") and not eq:
+                res["passthrough"] = key == "passthrough"
             elif key == "volatile" and not eq:
                 res["volatile"] = True
             elif (key in IGNORED_FLAGS and not eq) or (key in IGNORED_KEYS and eq):
@@ -248,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             suid=a["suid"],
             debug=a["debug"],
             volatile=a["volatile"],
+            passthrough=a["passthrough"],
         )
         mount(spec, a["mountpoint"], foreground=a["foreground"])
     except (UsageError, MountError) as e:

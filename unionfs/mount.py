@@ -42,6 +42,9 @@ class MountSpec(NamedTuple):  # (not a dataclass: importing dataclasses costs ev
     # caller did it to report a bad one, and doing it again costs ~4 ms for 1000 layers
     lower_stats: Sequence[os.stat_result | None] | None = None
     named: Sequence[str | bytes | os.PathLike] | None = None  # resolved lowers as the caller named them
+    # the kernel serves a writable mount's file data from the real files (FUSE passthrough) where
+    # it can; STRATA_PASSTHROUGH=0 in the environment turns it off as False does
+    passthrough: bool = True
 
 
 def _check_dir(p: Path, what: str) -> Path:
@@ -125,7 +128,8 @@ def _prepare(spec: MountSpec, mountpoint: Path):
             lower = ProbeLower(lowers)
     except OSError as e:
         raise MountError(f"cannot read lower layers: {e}") from None
-    return UnionOperations(lower, upper), mp
+    passthrough = spec.passthrough and os.environ.get("STRATA_PASSTHROUGH", "1") != "0"
+    return UnionOperations(lower, upper, passthrough=passthrough), mp
 
 
 SERVER_XATTRS = (b"trusted.strata.server", b"user.strata.server")  # the mount point serving an upper

@@ -24,6 +24,7 @@ from .copyup import CopyUp
 from .libc import RENAME_EXCHANGE, RENAME_NOREPLACE, fallocate
 from .merged import LOWER_TIMEOUT, MergedTree, fuse_error
 from .node import Node, join
+from .passthrough import Passthrough
 from .upper import K_DIR, K_FILE, K_OPQ, K_WH, UPPER_DIRS, Upper
 from .whiteout import WH_PREFIX, is_private_xattr
 
@@ -79,7 +80,7 @@ def _nofollow(at: bytes | int) -> dict[str, bool]:
 class UnionOperations(pyfuse3.Operations):
     """The merged view of a lower view and an optional upper layer."""
 
-    def __init__(self, lower: Any, upper: Upper | None) -> None:
+    def __init__(self, lower: Any, upper: Upper | None, passthrough: bool = False) -> None:
         super().__init__()
         self.t = MergedTree(lower, upper)
         self.cu = CopyUp(self.t)
@@ -93,6 +94,9 @@ class UnionOperations(pyfuse3.Operations):
         self.no_open = upper is None and PATCHED_PYFUSE3
         self.fds: dict[int, int] = {}  # no_open: inode -> fd of the lower file serving it
         self.handles: dict[int, Node] = {}  # open file handle (a descriptor) -> its node
+        # file data of a writable mount's opens goes straight to the kernel where it can
+        self.pt = Passthrough(passthrough and not self.no_open)
+        self.enable_passthrough = self.pt.wanted  # (pyfuse3 asks the kernel for it at INIT)
 
     def init(self) -> None:
         """The session is up: the kernel can now be told what its caches hold no more."""
@@ -117,11 +121,14 @@ class UnionOperations(pyfuse3.Operations):
             return node.fds[0]
         raise fuse_error(errno.ENOENT)
 
-    def _hold(self, node: Node, fd: int) -> int:
+    def _hold(self, node: Node, fd: int, keep_cache: bool = True) -> pyfuse3.FileInfo:
         """Record *fd* as an open handle of *node* (it keeps an unlinked node reachable)."""
+        backing_id = self.pt.attach(node.ino, fd, node.upper, len(node.fds))
         node.fds.append(fd)
         self.handles[fd] = node
-        return fd
+        if backing_id:
+            return pyfuse3.FileInfo(fh=fd, keep_cache=False, backing_id=backing_id)
+        return pyfuse3.FileInfo(fh=fd, keep_cache=keep_cache)
 
     def _owner(self, parent: Node, ctx: pyfuse3.RequestContext, mode: int) -> tuple[int, int, int]:
         """uid, gid and mode for a new entry (setgid directories pass their group on)."""
@@ -271,7 +278,7 @@ class UnionOperations(pyfuse3.Operations):
             await self.cu.copy_up(node, data=not flags & os.O_TRUNC)
         fl = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND)
         fd = os.open(self.t.real(node), fl | os.O_NOFOLLOW) if node.upper else self._open_lower(node, fl)
-        return pyfuse3.FileInfo(fh=self._hold(node, fd), keep_cache=not node.upper)
+        return self._hold(node, fd, keep_cache=not node.upper)
 
     def _open_lower(self, node: Node, flags: int) -> int:
         try:  # reading must not touch the (shared, immutable) lower file's atime
@@ -304,6 +311,7 @@ class UnionOperations(pyfuse3.Operations):
             node = self.handles.pop(fh, None)
             if node is not None:
                 node.fds.remove(fh)
+            self.pt.detach(fh)
             os.close(fh)
 
     @_fuse_errors
@@ -331,7 +339,7 @@ class UnionOperations(pyfuse3.Operations):
         os.fchmod(fd, stat.S_IMODE(mode))
         st = os.fstat(fd)
         node = self.t.register_new(path, st, K_FILE)
-        return pyfuse3.FileInfo(fh=self._hold(node, fd)), self.t.attr(node, st)
+        return self._hold(node, fd), self.t.attr(node, st)
 
     @_fuse_errors
     async def mknod(

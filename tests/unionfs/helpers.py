@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -204,3 +205,18 @@ class Mounts:
             except Exception:  # noqa: BLE001
                 subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=30)
         self.points.clear()
+
+
+OVERLAY = [sys.executable, "-c", "import sys; from cli.overlay import main; sys.exit(main())"]
+
+
+def traced_overlay(opts: str, mp: Path, trace: Path, calls: str) -> subprocess.Popen:
+    """``strata-overlay -o OPTS MP`` under strace, which logs the system *calls* (``trace=`` form)
+    of the mounting processes and of the server they fork, until the server exits at the unmount."""
+    strace = ["strace", "-f", "-qq", "-e", f"trace={calls}", "-o", str(trace)]
+    tracer = subprocess.Popen([*strace, *OVERLAY, "-o", opts, str(mp)], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while mount_state(mp) != "mounted":
+        assert tracer.poll() in (None, 0) and time.monotonic() < deadline, "the traced mount did not come up"
+        time.sleep(0.05)
+    return tracer

@@ -311,6 +311,21 @@ def test_noindex_matches_kernel_overlayfs(stack, data):
     run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=10)), use_index=False)
 
 
+@settings(max_examples=25, **SETTINGS)
+@given(stack=layer_stacks, data=st.data())
+def test_without_passthrough_matches_kernel_overlayfs(stack, data):
+    """The same with file data served by the server (where the kernel has no passthrough)."""
+    old = os.environ.get("STRATA_PASSTHROUGH")
+    os.environ["STRATA_PASSTHROUGH"] = "0"
+    try:
+        run_case(stack, data.draw(st.lists(op_strategy(candidates_of(stack)), min_size=3, max_size=14)))
+    finally:
+        if old is None:
+            del os.environ["STRATA_PASSTHROUGH"]
+        else:
+            os.environ["STRATA_PASSTHROUGH"] = old
+
+
 @settings(max_examples=20, **SETTINGS)
 @given(stack=layer_stacks, data=st.data())
 def test_wh_file_upper_matches_kernel_overlayfs(stack, data):

@@ -7,18 +7,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from unionfs import sharedtables, tablepack
-from unionfs.mount import mount_state
 
 from .conftest import needs_fuse
+from .helpers import OVERLAY, traced_overlay
 
-PROG = [sys.executable, "-c", "import sys; from cli.overlay import main; sys.exit(main())"]
 FILES = 300
 
 
@@ -46,22 +43,9 @@ def _container(tmp: Path, name: str) -> tuple[Path, Path, Path]:
 
 def _mount(lowers: list[Path], up: Path, work: Path, mp: Path) -> None:
     opts = f"lowerdir={':'.join(map(str, lowers))},upperdir={up},workdir={work},,volatile"
-    cmd = [*PROG, "-o", opts, str(mp)]
+    cmd = [*OVERLAY, "-o", opts, str(mp)]
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-
-
-def _traced_mount(lowers: list[Path], up: Path, work: Path, mp: Path, trace: Path) -> subprocess.Popen:
-    """Mount under strace, which logs every lstat of the mounting processes and of the server they
-    fork, until the server exits (at the unmount)."""
-    calls = ["strace", "-f", "-qq", "-e", "trace=newfstatat,lstat,statx", "-o", str(trace)]
-    opts = f"lowerdir={':'.join(map(str, lowers))},upperdir={up},workdir={work},,volatile"
-    tracer = subprocess.Popen([*calls, *PROG, "-o", opts, str(mp)], stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while mount_state(mp) != "mounted":
-        assert tracer.poll() in (None, 0) and time.monotonic() < deadline, "the traced mount did not come up"
-        time.sleep(0.05)
-    return tracer
 
 
 def _stats_of(trace: Path, prefix: str) -> int:
@@ -80,7 +64,8 @@ def test_second_container_of_an_image_reads_no_layer(tmp_path: Path, mounts, sha
         up, work, mp = _container(tmp_path, name)
         mounts.add(mp)
         traces.append(tmp_path / f"{name}.strace")
-        tracer = _traced_mount(links, up, work, mp, traces[-1])
+        opts = f"lowerdir={':'.join(map(str, links))},upperdir={up},workdir={work},,volatile"
+        tracer = traced_overlay(opts, mp, traces[-1], "newfstatat,lstat,statx")
         try:
             assert set(os.listdir(mp / "d")) == names
             assert (mp / "d" / "app7").read_text() == "app 7\n"
