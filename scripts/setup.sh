@@ -47,7 +47,10 @@ trap 'rm -rf "$build"' EXIT
 if [ ! -f "$LIBFUSE_DIR/lib/pkgconfig/fuse3.pc" ] || ! grep -q "Version: $LIBFUSE" "$LIBFUSE_DIR/lib/pkgconfig/fuse3.pc"; then
     echo "setup: building libfuse $LIBFUSE from Debian's source package" >&2
     mkdir -p "$build/lists/partial" "$build/src"
-    echo "deb-src http://deb.debian.org/debian trixie main" > "$build/sources.list"
+    # the Debian mirror that this machine's own apt sources name (its main archive, not security)
+    mirror=$(grep -hoE '^(URIs:|deb)[[:space:]]+[^[:space:]]+' /etc/apt/sources.list.d/*.sources \
+                 /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -E '/debian/?$' | head -n1 || true)
+    echo "deb-src $mirror trixie main" > "$build/sources.list"
     apt_src=(-o Dir::Etc::sourcelist="$build/sources.list" -o Dir::Etc::sourceparts=- -o Dir::State::Lists="$build/lists")
     if apt-get -qq "${apt_src[@]}" update >/dev/null 2>&1 \
         && (cd "$build/src" && apt-get -qq "${apt_src[@]}" source --download-only fuse3 >/dev/null 2>&1) \

@@ -14,7 +14,7 @@ import pyfuse3
 import pytest
 
 from .conftest import needs_fuse
-from .helpers import traced_overlay
+from .helpers import OVERLAY, traced_overlay
 
 pytestmark = [
     needs_fuse,
@@ -109,14 +109,20 @@ def test_copy_up_while_the_lower_file_is_open(tmp_path: Path, mounts) -> None:
 
 
 def test_refused_passthrough_falls_back(tmp_path: Path, mounts) -> None:
-    """A backing file on a stacked file system (here a kernel overlayfs) is refused by the kernel
-    (ELOOP): the mount serves file data itself, and nothing is lost."""
-    lower, up, work, mp = _layers(tmp_path)
-    for d in ("kup", "kwork", "kmnt"):
+    """The kernel refuses a backing file on a stacked file system (ELOOP): with the upper layer
+    inside a kernel overlayfs, the mount says so once and serves file data itself, losing nothing."""
+    lower, _, _, mp = _layers(tmp_path)
+    for d in ("klower", "kup", "kwork", "kmnt"):
         (tmp_path / d).mkdir()
-    stacked = mounts.kernel_overlay([lower], tmp_path / "kup", tmp_path / "kwork", tmp_path / "kmnt")
-    _mount(stacked, up, work, mounts.add(mp))
-    assert (mp / "big").read_bytes() == (lower / "big").read_bytes()
+    stacked = mounts.kernel_overlay([tmp_path / "klower"], tmp_path / "kup", tmp_path / "kwork", tmp_path / "kmnt")
+    up, work = stacked / "up", stacked / "work"
+    up.mkdir()
+    work.mkdir()
+    log = tmp_path / "server.log"
+    cmd = [*OVERLAY, "-o", f"lowerdir={lower},upperdir={up},workdir={work}", str(mounts.add(mp))]
+    env = {**os.environ, "STRATA_OVERLAY_LOG": str(log)}
+    subprocess.run(cmd, check=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
     want = _workload(mp)
     assert (mp / "new").read_bytes() == want
     assert (up / "log").read_bytes() == b"first line\nsecond line\n"
+    assert log.read_text().count("FUSE passthrough refused") == 1
