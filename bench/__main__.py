@@ -1,6 +1,8 @@
-"""``python -m bench``: the same command as ``strata bench``."""
+"""``python -m bench``: the benchmark on its own (``strata bench`` runs the same)."""
 
-from cli.bench import bench
+import sys
+
+from .main import main
 
 if __name__ == "__main__":
-    bench(prog_name="python -m bench", obj={})
+    sys.exit(main())

@@ -1,5 +1,9 @@
 """The union filesystems under test: one class each, mount/unmount with each one's whiteout form.
 
+Each comes twice: as a read-only mount of the layers, and (name ending ``-ctr``) as the container
+path: a new container each mount, writable, with a fresh upper and work dir, its lowers named as
+containers/storage names them to a ``mount_program`` (``overlay/l/NAME``) where the stack has them.
+
 Every mount made here is recorded in :data:`ACTIVE` until it is unmounted, so :func:`cleanup_all`
 (called from ``finally`` blocks and signal handlers) can remove whatever is left, including the
 FUSE server processes it started.
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unionfs.mount import is_mounted
+from unionfs.sharedtables import ENV as TABLES_ENV
 
 from .stack import Stack
 
@@ -96,8 +101,8 @@ def peak_rss_kib(pid: int | None) -> int | None:
     return None
 
 
-def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 120) -> None:
-    r = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> None:
+    r = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     if r.returncode != 0:
         msg = (r.stderr or r.stdout).decode(errors="replace").strip().splitlines()
         raise CannotMount(f"{cmd[0]} exited {r.returncode}: {msg[-1] if msg else ''}")
@@ -106,7 +111,31 @@ def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 120) -> None:
 class Impl:
     name = "?"
     fuse = True
+    container = False  # a new container each mount (see the module's doc)
     server_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.ctr: Path | None = None  # the containers' upper and work dirs go here: <ctr>/diff, <ctr>/work
+
+    def workspace(self, ws: Path) -> None:
+        """Where this implementation keeps what it needs beside the mounts (the run's work dir)."""
+        self.ctr = ws / f"ctr-{self.name}"
+
+    @property
+    def upper(self) -> Path:
+        assert self.ctr is not None, "workspace() first"
+        return self.ctr / "diff"
+
+    @property
+    def work(self) -> Path:
+        return self.upper.parent / "work"
+
+    def _new_container(self) -> None:
+        if self.ctr is None:
+            raise CannotMount(f"{self.name}: no workspace for its containers")
+        shutil.rmtree(self.ctr, ignore_errors=True)
+        self.upper.mkdir(parents=True)
+        self.work.mkdir()
 
     def check(self, stack: Stack) -> str | None:
         """Why this implementation cannot mount *stack*, or None."""
@@ -123,6 +152,8 @@ class Impl:
         h = Handle(self.name, mp, None, self.fuse)
         ACTIVE[str(mp)] = h  # before mounting: a half-made mount is cleaned up too
         try:
+            if self.container:
+                self._new_container()
             t0 = time.perf_counter()
             self._mount(stack, mp, cache)
             wait_answers(mp)
@@ -146,6 +177,8 @@ class KernelOverlay(Impl):
 
     def _opts(self, stack: Stack) -> str:
         names = [p.name for p in stack.kernel_layers]
+        if self.container:
+            return "lowerdir=" + ":".join(names) + f",upperdir={self.upper},workdir={self.work}"
         if len(names) == 1:  # the kernel wants >= 2 lowers without an upper: add an empty bottom layer
             names.append(".empty")
         return "lowerdir=" + ":".join(names)
@@ -162,7 +195,7 @@ class KernelOverlay(Impl):
 
     def _mount(self, stack: Stack, mp: Path, cache: Path | None) -> None:
         parent = stack.kernel_layers[0].parent
-        if stack.layers == 1:
+        if stack.layers == 1 and not self.container:
             (parent / ".empty").mkdir(exist_ok=True)
         _run(["mount", "-t", "overlay", "overlay", "-o", self._opts(stack), str(mp)], cwd=parent)
 
@@ -184,6 +217,7 @@ class Strata(Impl):
     use_index = True
 
     def __init__(self, via: str = "auto") -> None:
+        super().__init__()
         cmd = strata_overlay_cmd() if via in ("auto", "cli") else None
         self.cmd = cmd
         self.via = "strata-overlay" if cmd else "python-api"
@@ -216,6 +250,31 @@ class StrataNoIndex(Strata):
     use_index = False
 
 
+class StrataContainer(Strata):
+    """A new container through ``strata-overlay``: no index cache of its own (a new work dir), the
+    layers' tables shared by every container (kept in the run's workspace, not the user's cache)."""
+
+    name = "strata-ctr"
+    container = True
+    tables: Path | None = None
+
+    def workspace(self, ws: Path) -> None:
+        super().workspace(ws)
+        self.tables = ws / "shared-tables"
+
+    def _mount(self, stack: Stack, mp: Path, cache: Path | None) -> None:
+        if not self.cmd:
+            raise CannotMount("strata-overlay is not installed")
+        lowers = ":".join(str(p).replace(":", "\\:") for p in stack.links or stack.oci_layers)
+        opts = f"lowerdir={lowers},upperdir={self.upper},workdir={self.work}"
+        _run(self.cmd + ["-o", opts, str(mp)], env={**os.environ, TABLES_ENV: str(self.tables)})
+
+
+class KernelOverlayContainer(KernelOverlay):
+    name = "kernel-overlay-ctr"
+    container = True
+
+
 class FuseOverlayfs(Impl):
     name = "fuse-overlayfs"
     server_names = ("fuse-overlayfs",)
@@ -235,8 +294,17 @@ class FuseOverlayfs(Impl):
         return {"name": self.name, "version": version}
 
     def _mount(self, stack: Stack, mp: Path, cache: Path | None) -> None:
-        opts = "lowerdir=" + ":".join(str(p) for p in stack.oci_layers)
+        if self.container:
+            lowers = ":".join(str(p) for p in stack.links or stack.oci_layers)
+            opts = f"lowerdir={lowers},upperdir={self.upper},workdir={self.work}"
+        else:
+            opts = "lowerdir=" + ":".join(str(p) for p in stack.oci_layers)
         _run(["fuse-overlayfs", "-o", opts, str(mp)])
+
+
+class FuseOverlayfsContainer(FuseOverlayfs):
+    name = "fuse-overlayfs-ctr"
+    container = True
 
 
 IMPLS: dict[str, type[Impl]] = {
@@ -244,6 +312,9 @@ IMPLS: dict[str, type[Impl]] = {
     "strata-noindex": StrataNoIndex,
     "kernel-overlay": KernelOverlay,
     "fuse-overlayfs": FuseOverlayfs,
+    "strata-ctr": StrataContainer,
+    "kernel-overlay-ctr": KernelOverlayContainer,
+    "fuse-overlayfs-ctr": FuseOverlayfsContainer,
 }
 
 

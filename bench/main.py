@@ -1,8 +1,7 @@
-"""Glue between the command line (cli/bench.py) and the driver: config, run, outputs."""
+"""The bench's entry: options to a config, the run, its outputs (``python -m bench`` and ``strata bench``)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from . import report
@@ -69,6 +68,26 @@ def build_config(
     return cfg
 
 
+PLOT_HINT = "--plot needs matplotlib, an optional extra: pip install 'strata[plot]' (or: pip install matplotlib)"
+
+
+def config_from(values: dict) -> Config:
+    """A config from parsed options (the ``dest`` names of :data:`bench.options.OPTIONS`);
+    ValueError (one line) for a bad value, or for ``--plot`` without matplotlib."""
+    if values.get("plot_path") is not None and not report.can_plot():
+        raise ValueError(PLOT_HINT)
+    keys = ("quick", "layers", "files", "files_sweep", "sweep_layers", "impls", "image", "reps", "deep_reps")
+    return build_config(
+        **{k: values.get(k) for k in keys if values.get(k) is not None},
+        seed=values.get("seed") or 0,
+        latency_hold=not values.get("no_latency_hold"),
+        private_ns=not values.get("no_private_ns"),
+        workdir=values.get("workdir"),
+        keep=bool(values.get("keep")),
+        store_root=values.get("store_root"),
+    )
+
+
 def execute(cfg: Config, output: Path | None, plot_path: Path | None, echo=print) -> int:
     result = run(cfg, log=lambda m: echo(m))
     summary = report.summarize(result)
@@ -78,13 +97,19 @@ def execute(cfg: Config, output: Path | None, plot_path: Path | None, echo=print
         report.write_json(result, output, summary)
         echo(f"raw results: {output}")
     if plot_path is not None:
-        try:
-            made = report.plot(result, plot_path, summary)
-            echo(f"plots: {', '.join(made) if made else '(nothing to plot)'}")
-        except ImportError as e:
-            echo(f"plots: skipped ({e})")
+        made = report.plot(result, plot_path, summary)
+        echo(f"plots: {', '.join(made) if made else '(nothing to plot)'}")
     return main_exit_code(result)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(0)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench``: the bench without the strata command line."""
+    from .options import parser
+
+    p = parser()
+    values = vars(p.parse_args(argv))
+    try:
+        cfg = config_from(values)
+    except ValueError as e:
+        p.error(str(e))
+    return execute(cfg, values["output"], values["plot_path"])

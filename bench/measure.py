@@ -4,6 +4,8 @@ Phase ``build`` (strata with the index only), page cache dropped each time: moun
 index cache nor layer tables (the layers are scanned), then again with the layers' tables kept (a new
 stack of layers seen before); then, in this process, the index alone: ``build_index`` scanning the
 layers, and from their kept tables (cold and warm), and loading the cached index file (cold).
+Phase ``first container`` (``strata-ctr`` only), page cache dropped: the first container of an image,
+its layers' tables not kept yet (the later phases' mounts find them, as later containers do).
 Phase ``walk``: page cache dropped, fresh mount: mount time (cold), full-tree walk (cold), walk again (warm).
 Phase ``lookup``: fresh mount without dropping caches: mount time (warm); first and repeated listing of
 the big merged directory; first lookup of every directory, ``lstat`` of never-looked-up files and of
@@ -158,7 +160,14 @@ def run_one(impl: im.Impl, stack: Stack, mp: Path, cache: Path, opts: Options, l
     small = stack.small[: opts.max_small]
 
     try:
-        if getattr(impl, "use_index", False) and isinstance(impl, im.Strata):
+        if isinstance(impl, im.StrataContainer):
+
+            def first_container(h: im.Handle) -> None:
+                metrics["mount_first_container"] = _m(h.mount_seconds, 1)
+
+            shutil.rmtree(impl.tables, ignore_errors=True)  # (the first container of this image)
+            phase("first container", True, first_container)
+        elif isinstance(impl, im.Strata) and impl.use_index:
             from unionfs.index import TABLE_DIR
 
             def build(h: im.Handle) -> None:

@@ -7,6 +7,21 @@ import statistics
 from pathlib import Path
 
 BASELINE = "kernel-overlay"
+CONTAINER = "-ctr"  # the suffix of the container path's implementations (bench/impls.py)
+PATHS = {
+    "": "read-only mount of the layers (strata: index kept by the caller)",
+    CONTAINER: "container: a new writable mount through the mount program, new upper and work dir",
+}
+
+
+def baseline(impl: str) -> str:
+    """The kernel overlayfs column an implementation is compared with: the one on its own path."""
+    return BASELINE + CONTAINER if impl.endswith(CONTAINER) else BASELINE
+
+
+def path_of(impl: str) -> str:
+    return CONTAINER if impl.endswith(CONTAINER) else ""
+
 
 # name -> (kind, label).  kind: "time" (seconds, lower is better), "rate" (ops/s), "bytes" (MB/s),
 # "mem" (MiB).  The ratio column is always a *cost* ratio: > 1 means slower / bigger than the kernel.
@@ -21,6 +36,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "scan_floor": ("rate", "find -printf over the layers (C), cold (index entries/s)"),
     "scan_floor_warm": ("rate", "find -printf over the layers (C), warm (index entries/s)"),
     "tables_floor": ("rate", "find -maxdepth 0 over the layer roots (C), cold (index entries/s)"),
+    "mount_first_container": ("time", "first container of an image (no tables), cold"),
     "mount_cold": ("time", "mount until / lists, cold"),
     "mount_warm": ("time", "mount until / lists, warm"),
     "walk_cold": ("rate", "full walk, cold (entries/s)"),
@@ -39,6 +55,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "read_small_warm": ("rate", "read small files, warm (files/s)"),
     "peak_rss": ("mem", "server peak RSS VmHWM (MiB)"),
 }
+
+
+# a metric only strata has, compared with the kernel's: every kernel mount is a first one
+RATIO_TO = {"mount_first_container": "mount_cold"}
 
 
 def value(metric: str, m: dict) -> float | None:
@@ -79,11 +99,11 @@ def summarize(result: dict) -> dict:
     for impls in out.values():
         for s in impls.values():
             s["metrics"] = {k: statistics.median(v) for k, v in s.pop("samples").items()}
-        base = impls.get(BASELINE, {}).get("metrics", {})
-        for s in impls.values():
+        for name, s in impls.items():
+            base = impls.get(baseline(name), {}).get("metrics", {})
             s["ratio"] = {}
             for k, v in s["metrics"].items():
-                b = base.get(k)
+                b = base.get(RATIO_TO.get(k, k))
                 if b is not None and v is not None:
                     cb = cost(k, b)
                     s["ratio"][k] = cost(k, v) / cb if cb else None
@@ -127,7 +147,9 @@ def table(result: dict, summary: dict | None = None) -> str:
         dirty = f", uncommitted: {' '.join(src.get('uncommitted') or [])}" if src.get("uncommitted") else ""
         changed = "  SOURCES CHANGED DURING THE RUN" if src.get("changed_during_run") else ""
         lines.append(f"strata at {src.get('commit')} (unionfs {src.get('unionfs_sha256')}{dirty}){changed}")
-    lines.append("values are medians; (x1.23) = cost relative to kernel-overlay (>1 slower/bigger, <1 faster)")
+    lines.append(
+        "values are medians; (x1.23) = cost relative to kernel-overlay on the same path (>1 slower/bigger, <1 faster)"
+    )
     info = {s["id"]: s for s in result.get("stacks", [])}
     w0 = max(len(lbl) for _k, lbl in METRICS.values()) + 2
     cw = 24
@@ -139,27 +161,36 @@ def table(result: dict, summary: dict | None = None) -> str:
             f"{si.get('dirs', '?')} dirs, big dir {si.get('big_dir_entries', '?')} entries, "
             f"{si.get('reps', '?')} rep(s)"
         )
-        lines.append("".ljust(w0) + "".join(i.ljust(cw) for i in impls))
+        for path, title in PATHS.items():
+            cols = [i for i in impls if path_of(i) == path]
+            if cols:
+                lines.append(f"-- {title}")
+                lines += _rows(per, cols, w0, cw)
+    return "\n".join(lines) + "\n"
+
+
+def _rows(per: dict, impls: list[str], w0: int, cw: int) -> list[str]:
+    lines = ["".ljust(w0) + "".join(i.ljust(cw) for i in impls)]
+    for i in impls:
+        s = per.get(i)
+        if s and s["failed"] and not s["ok"]:
+            lines.append(f"  {i}: {s['error']}")
+    for metric, (_kind, label) in METRICS.items():
+        if not any(metric in per.get(i, {}).get("metrics", {}) for i in impls):
+            continue
+        row = label.ljust(w0)
         for i in impls:
             s = per.get(i)
-            if s and s["failed"] and not s["ok"]:
-                lines.append(f"  {i}: {s['error']}")
-        for metric, (_kind, label) in METRICS.items():
-            if not any(metric in per.get(i, {}).get("metrics", {}) for i in impls):
-                continue
-            row = label.ljust(w0)
-            for i in impls:
-                s = per.get(i)
-                if not s or metric not in s["metrics"]:
-                    cell = "cannot mount" if s and not s["ok"] else "-"
-                else:
-                    cell = _fmt(s["metrics"][metric], metric)
-                    ratio = s["ratio"].get(metric)
-                    if ratio is not None and i != BASELINE:
-                        cell += f" (x{ratio:.2f})"
-                row += cell.ljust(cw)
-            lines.append(row.rstrip())
-    return "\n".join(lines) + "\n"
+            if not s or metric not in s["metrics"]:
+                cell = "cannot mount" if s and not s["ok"] else "-"
+            else:
+                cell = _fmt(s["metrics"][metric], metric)
+                ratio = s["ratio"].get(metric)
+                if ratio is not None and i != baseline(i):
+                    cell += f" (x{ratio:.2f})"
+            row += cell.ljust(cw)
+        lines.append(row.rstrip())
+    return lines
 
 
 def write_json(result: dict, path: Path, summary: dict | None = None) -> None:
@@ -191,6 +222,16 @@ def _per_op_cost(metric: str, v: float) -> tuple[float, str]:
     if kind == "bytes":
         return 1e3 / v if v else float("nan"), "ms per GB"  # v is MB/s
     return 1e6 / v if v else float("nan"), "µs per op"
+
+
+def can_plot() -> bool:
+    """Whether matplotlib (the optional extra ``strata[plot]``) is installed."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # (ValueError: a module set to None in sys.modules)
+        return False
 
 
 def plot(result: dict, path: Path, summary: dict | None = None) -> list[str]:

@@ -24,7 +24,15 @@ from .stack import Stack, StackParams, describe_merged, generate, to_kernel_form
 
 DEFAULT_LAYERS = [1, 8, 64, 256, 1000]
 DEEP = 100  # stacks with more layers than this get ``deep_reps`` repetitions
-DEFAULT_IMPLS = ["strata", "strata-noindex", "kernel-overlay", "fuse-overlayfs"]
+DEFAULT_IMPLS = [
+    "strata",
+    "strata-noindex",
+    "kernel-overlay",
+    "fuse-overlayfs",
+    "strata-ctr",
+    "kernel-overlay-ctr",
+    "fuse-overlayfs-ctr",
+]
 CLONE_NEWNS = 0x00020000
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -214,6 +222,8 @@ def run(cfg: Config, log=print) -> dict:
     try:
         mp = ws / "mnt"
         mp.mkdir(exist_ok=True)
+        for impl in impl_objs:
+            impl.workspace(ws)
         todo: list = [("image", cfg.image)] if cfg.image else [("gen", p) for p in cfg.stacks()]
         for kind, what in todo:
             sroot = ws / ("image" if kind == "image" else what.id)
@@ -248,7 +258,7 @@ def run(cfg: Config, log=print) -> dict:
                     )
                     runs.append(r)
                     status = "ok" if r["ok"] else f"FAILED: {r['error']}"
-                    log(f"  rep {rep + 1}/{reps} {impl.name:<15} {status} ({r['wall_seconds']:.1f}s)")
+                    log(f"  rep {rep + 1}/{reps} {impl.name:<18} {status} ({r['wall_seconds']:.1f}s)")
             if not cfg.keep:
                 shutil.rmtree(sroot, ignore_errors=True)
         meta["interrupted"] = False

@@ -1,9 +1,11 @@
 """Deterministic synthetic layer stacks, their kernel-overlayfs twin, and the merged view they describe.
 
-A stack is ``layers`` directories named ``0`` (bottom) .. ``N-1`` (top) under ``<root>/oci`` in OCI form
-(``.wh.NAME`` whiteout files, ``.wh..wh..opq`` opaque markers).  :func:`to_kernel_form` derives the
+A stack is ``layers`` directories in OCI form (``.wh.NAME`` whiteout files, ``.wh..wh..opq`` opaque
+markers) laid out as containers/storage keeps its overlay layers: ``<root>/overlay/I/diff`` for layer
+``I`` = ``0`` (bottom) .. ``N-1`` (top), each named by a short link ``<root>/overlay/l/NAME`` ->
+``../I/diff``, the names podman and buildah hand a ``mount_program``.  :func:`to_kernel_form` derives the
 same layers in kernel overlayfs form (char device 0/0 whiteouts, ``trusted.overlay.opaque=y``) under
-``<root>/kernel``; regular files are hard links (same data, no copy).
+``<root>/kernel``; regular files are copies.
 
 Everything generated is a pure function of ``(seed, layers, files, big_entries, large_files, large_size)``:
 the same parameters give byte-identical trees (names, modes, contents; not timestamps).
@@ -19,6 +21,8 @@ Shape of a generated stack:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import random
@@ -58,6 +62,7 @@ class Stack:
     params: StackParams | None
     root: Path
     oci_layers: list[Path]  # topmost first
+    links: list[Path] = field(default_factory=list)  # containers/storage ``l/`` names of oci_layers, if laid out so
     kernel_layers: list[Path] = field(default_factory=list)  # topmost first, same order
     dirs: list[str] = field(default_factory=list)  # merged directories, BFS order, without "" (root)
     files: list[str] = field(default_factory=list)  # merged non-directories outside big/ and blobs/
@@ -208,7 +213,7 @@ def generate(params: StackParams, root: Path, kernel: bool = True) -> Stack:
     """Generate the stack described by *params* under *root* (which must not exist)."""
     t0 = time.perf_counter()
     root = Path(root)
-    (root / "oci").mkdir(parents=True)
+    (root / "overlay" / "l").mkdir(parents=True)
     rng = random.Random(f"strata-bench:{params.seed}:{params.layers}:{params.files}:{params.big_entries}")
     L = max(1, params.layers)
 
@@ -229,7 +234,7 @@ def generate(params: StackParams, root: Path, kernel: bool = True) -> Stack:
     per_layer = [params.files // L + (1 if i < params.files % L else 0) for i in range(L)]
     counter = 0
     for li in range(L):
-        w = _LayerWriter(root / "oci" / str(li))
+        w = _LayerWriter(root / "overlay" / str(li) / "diff")
         if li > 0:
             # opaque directories (applied first), then directory and file whiteouts
             # every stack of >= 3 layers has at least one opaque dir and one directory whiteout
@@ -279,13 +284,21 @@ def generate(params: StackParams, root: Path, kernel: bool = True) -> Stack:
         for k in range(params.large_files):
             if k * L // max(1, params.large_files) == li:
                 w.write(f"{BLOBS}/large{k}.bin", _large_content(params.seed, k, params.large_size), 0o644)
-    oci = [root / "oci" / str(i) for i in reversed(range(L))]
-    st = Stack(params, root, oci)
+    oci = [root / "overlay" / str(i) / "diff" for i in reversed(range(L))]
+    st = Stack(params, root, oci, [_link(root, params.seed, i) for i in reversed(range(L))])
     if kernel:
-        st.kernel_layers = [to_kernel_form(p, root / "kernel" / p.name) for p in oci]
+        st.kernel_layers = [to_kernel_form(p, root / "kernel" / p.parent.name) for p in oci]
     describe_merged(st, rng)
     st.gen_seconds = time.perf_counter() - t0
     return st
+
+
+def _link(root: Path, seed: int, i: int) -> Path:
+    """Layer *i*'s short name, as containers/storage makes one (26 characters of base32)."""
+    name = base64.b32encode(hashlib.sha256(f"{seed}:{i}".encode()).digest()).decode()[:26]
+    link = root / "overlay" / "l" / name
+    os.symlink(f"../{i}/diff", link)
+    return link
 
 
 def _large_content(seed: int, k: int, size: int) -> bytes:
@@ -300,13 +313,14 @@ def to_kernel_form(src: Path, dst: Path) -> Path:
     """Copy layer *src* (OCI whiteouts) to *dst* in kernel overlayfs form.
 
     ``.wh.NAME`` becomes a char device 0/0 named NAME, ``.wh..wh..opq`` becomes the
-    ``trusted.overlay.opaque=y`` xattr on its directory.  Regular files are hard-linked when *dst*
-    is on the same filesystem, copied otherwise.
+    ``trusted.overlay.opaque=y`` xattr on its directory.  Regular files are copied: hard links
+    would give every file of both forms a link count of 2, which the filesystems under test treat as
+    hard links (a writable strata mount, as kernel overlayfs's index, looks such a file up each
+    time), and would share one page cache between the kernel's mount and the others'.
     """
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True)
     shutil.copystat(src, dst, follow_symlinks=False)
-    same_fs = os.stat(src).st_dev == os.stat(dst.parent).st_dev
     for dirpath, dirnames, filenames in os.walk(src):
         rel = os.path.relpath(dirpath, src)
         out = dst if rel == "." else dst / rel
@@ -328,8 +342,6 @@ def to_kernel_form(src: Path, dst: Path) -> Path:
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(s), o)
                 os.lchown(o, st.st_uid, st.st_gid)
-            elif stat.S_ISREG(st.st_mode) and same_fs:
-                os.link(s, o)
             elif stat.S_ISREG(st.st_mode):
                 shutil.copy2(s, o)
                 os.chown(o, st.st_uid, st.st_gid)

@@ -87,7 +87,7 @@ stale=0
 for f in pyproject.toml setup.py unionfs/*.pyx unionfs/*.pxd; do [ "$f" -nt "$stamp" ] && stale=1; done
 if [ ! -f "$stamp" ] || [ "$stale" = 1 ] || ! ls unionfs/_scan.*.so unionfs/_merge.*.so >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -e '.[test,plot]'
     touch "$stamp"
 fi
 # byte-compile the sources (an editable install does not): where PYTHONDONTWRITEBYTECODE is set,

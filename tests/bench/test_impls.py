@@ -68,3 +68,24 @@ def test_kernel_refuses_more_than_500_layers_and_says_so(tmp_path: Path) -> None
     with pytest.raises(im.CannotMount, match="501 layers > 500"):
         im.KernelOverlay().mount(st, tmp_path)
     assert im.KernelOverlay().check(Stack(None, tmp_path, layers[:500], kernel_layers=layers[:500])) is None
+
+
+def test_container_path_is_a_new_writable_container_each_mount(stack: Stack, tmp_path: Path, cleanup_mounts) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    oracle = _snapshot(im.KernelOverlay(), stack, mp, None)
+    for impl in (im.StrataContainer(), im.KernelOverlayContainer(), im.FuseOverlayfsContainer()):
+        impl.workspace(tmp_path / "ws")
+        for n in range(2):
+            h = impl.mount(stack, mp, None)
+            try:
+                got = tree(mp)
+                (mp / "written").write_text(f"{impl.name} {n}")
+            finally:
+                im.unmount(h)
+            assert sorted(got) == sorted(oracle), impl.name  # the second container never sees the first's file
+            assert (impl.upper / "written").read_text() == f"{impl.name} {n}"
+            assert impl.work.is_dir()
+    # strata's containers name their lowers as containers/storage does, so they share the layers' tables
+    assert any((tmp_path / "ws" / "shared-tables").iterdir())
+    assert not im.ACTIVE

@@ -18,7 +18,8 @@ from cli.main import cli
 from .conftest import leftovers, needs_root_fuse
 
 REPO = Path(__file__).resolve().parents[2]
-IMPLS = ["strata", "strata-noindex", "kernel-overlay", "fuse-overlayfs"]
+READ_ONLY = ["strata", "strata-noindex", "kernel-overlay", "fuse-overlayfs"]
+IMPLS = READ_ONLY + [f"{i}-ctr" for i in ("strata", "kernel-overlay", "fuse-overlayfs")]
 
 
 def _bench(*args: str, **kw) -> subprocess.Popen:
@@ -40,6 +41,35 @@ def test_strata_bench_is_a_command() -> None:
         assert opt in r.output
     r = CliRunner().invoke(cli, ["bench", "--layers", "x"])
     assert r.exit_code == 2
+
+
+def test_bench_stands_without_the_strata_command_line() -> None:
+    code = (
+        "import sys, runpy; sys.argv = ['bench', '--help']\n"
+        "try: runpy.run_module('bench', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in sys.modules if m == 'cli' or m.startswith(('cli.', 'click'))))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "--impl" in r.stdout and r.stdout.rstrip().endswith("[]"), r.stdout
+    bad = [sys.executable, "-m", "bench", "--files", "x"]
+    r = subprocess.run(bad, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--files" in r.stderr.splitlines()[-1]
+
+
+def test_plot_without_matplotlib_says_how_to_install_it_before_running(tmp_path: Path) -> None:
+    hide = "import sys; sys.modules['matplotlib'] = None\n"  # as if the optional extra were not installed
+    for code in (
+        hide + "from cli.main import main; sys.argv = ['strata', 'bench', '--quick', '--plot', sys.argv[1]]; main()",
+        hide + "from bench.main import main; sys.exit(main(['--quick', '--plot', sys.argv[1]]))",
+    ):
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "p.png")], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 2, r
+        assert "pip install 'strata[plot]'" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr
+        assert r.stdout == "" and not (tmp_path / "p.png").exists()  # refused before any stack was made
 
 
 @needs_root_fuse
@@ -105,9 +135,15 @@ def test_tiny_run_writes_json_and_leaves_nothing(tmp_path: Path) -> None:
                 "tables_floor",
             }
             assert timed <= set(x["metrics"])  # (the index timings run in a child process)
-    assert r["summary"]["L4-F50"]["kernel-overlay"]["ratio"]["walk_cold"] == 1.0
+        if x["impl"] == "strata-ctr":
+            assert "mount_first_container" in x["metrics"] and "mount_index_build" not in x["metrics"]
+    summary = r["summary"]["L4-F50"]
+    assert summary["kernel-overlay"]["ratio"]["walk_cold"] == 1.0
+    for impl in ("strata-ctr", "fuse-overlayfs-ctr"):  # the container path is compared with the kernel's own
+        m, k = summary[impl]["metrics"], summary["kernel-overlay-ctr"]["metrics"]
+        assert summary[impl]["ratio"]["mount_warm"] == m["mount_warm"] / k["mount_warm"]
     assert png.stat().st_size > 1000
-    assert "cost relative to kernel-overlay" in log
+    assert "cost relative to kernel-overlay" in log and "-- container: a new writable mount" in log
     assert leftovers(tmp_path) == ([], [])
 
 

@@ -34,11 +34,15 @@ def test_same_seed_same_trees_different_seed_different(tmp_path: Path) -> None:
     a = generate(StackParams(seed=7, **SMALL), tmp_path / "a")
     b = generate(StackParams(seed=7, **SMALL), tmp_path / "b")
     c = generate(StackParams(seed=8, **SMALL), tmp_path / "c")
-    assert tree(a.root / "oci") == tree(b.root / "oci")
+    assert tree(a.root / "overlay") == tree(b.root / "overlay")
     assert tree(a.root / "kernel") == tree(b.root / "kernel")
-    assert tree(a.root / "oci") != tree(c.root / "oci")
+    assert tree(a.root / "overlay") != tree(c.root / "overlay")
     assert (a.dirs, a.files, a.missing, a.large) == (b.dirs, b.files, b.missing, b.large)
-    assert a.layers == 10 and [p.name for p in a.oci_layers] == [str(i) for i in reversed(range(10))]
+    assert a.layers == 10 and [p.parent.name for p in a.oci_layers] == [str(i) for i in reversed(range(10))]
+    assert [os.path.realpath(x) for x in a.links] == [os.path.realpath(p) for p in a.oci_layers]
+    assert {len(x.name) for x in a.links} == {26} and {x.parent.name for x in a.links} == {"l"}
+    # no hard links the layers would not have (kernel form copied, not linked)
+    assert {os.lstat(os.path.join(d, n)).st_nlink for d, _s, fs in os.walk(a.root) for n in fs} == {1}
 
 
 def test_stack_has_overrides_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
