@@ -65,10 +65,10 @@ if [ ! -f "$LIBFUSE_DIR/lib/pkgconfig/fuse3.pc" ] || ! grep -q "Version: $LIBFUS
     fi
 fi
 # pyfuse3 (built from source on every install anyway) gets small additions strata needs:
-# fallocate(2), kernel-cached listings, skipped opens and passthrough. See scripts/pyfuse3.patch.
+# fallocate(2), kernel-cached listings, skipped opens, passthrough, plain readdir. See scripts/pyfuse3.patch.
 PYFUSE3=3.5.0
 built_on=system; [ -f "$LIBFUSE_DIR/lib/pkgconfig/fuse3.pc" ] && built_on=$LIBFUSE
-if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) < 4)' 2>/dev/null \
+if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) < 5)' 2>/dev/null \
     || [ "$(cat .venv/.pyfuse3-libfuse 2>/dev/null)" != "$built_on" ]; then
     echo "setup: building pyfuse3 $PYFUSE3 with scripts/pyfuse3.patch on libfuse $built_on" >&2
     .venv/bin/python -m pip download -q --no-deps --no-binary pyfuse3 "pyfuse3==$PYFUSE3" -d "$build"

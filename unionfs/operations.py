@@ -31,6 +31,7 @@ from .whiteout import WH_PREFIX, is_private_xattr
 # Kernel-cached listings, skipped opens and fallocate need the pyfuse3 that scripts/setup.sh
 # builds with scripts/pyfuse3.patch; with a stock pyfuse3 all of it goes the long way (or fails).
 PATCHED_PYFUSE3 = getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) >= 2
+PLAIN_READDIR = getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) >= 5
 LOWER_FDS = 256  # lower files kept open for reads on a read-only mount
 NAME_MAX = 255  # as ext4, xfs, btrfs and tmpfs: a longer name is ENAMETOOLONG
 
@@ -97,6 +98,8 @@ class UnionOperations(pyfuse3.Operations):
         # file data of a writable mount's opens goes straight to the kernel where it can
         self.pt = Passthrough(passthrough and not self.no_open)
         self.enable_passthrough = self.pt.wanted  # (pyfuse3 asks the kernel for it at INIT)
+        # names-only listings (ls, find -name, globs) come as plain READDIRs: no node, no attributes
+        self.enable_readdirplus_auto = PLAIN_READDIR
 
     def init(self) -> None:
         """The session is up: the kernel can now be told what its caches hold no more."""
@@ -224,6 +227,8 @@ class UnionOperations(pyfuse3.Operations):
         if start_id == 0 or d[1] is None:
             d[1] = self.t.listing(node)
         listing = d[1]
+        if not getattr(token, "plus", True):
+            return self._readdir_plain(node, listing, start_id, token)
         if start_id == 0 and not pyfuse3.readdir_reply(token, b".", self.t.attr(node), 1):
             return
         if start_id <= 1 and not pyfuse3.readdir_reply(token, b"..", self.t.parent_attr(node), 2):
@@ -238,6 +243,27 @@ class UnionOperations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name, attr, i + 3):
                 break
             self.t.ref(child)
+
+    def _readdir_plain(self, node: Node, listing: list[tuple[bytes, int]], start_id: int, token: Any) -> None:
+        """A plain READDIR: each entry's name, inode number and type, as a lookup would report them;
+        no node is made and no lookup counted (the kernel asks for attributes by lookups, if at all)."""
+        reply, lo = pyfuse3.readdir_reply_plain, self.lo
+        if start_id == 0 and not reply(token, b".", self.t.attr(node).st_ino, stat.S_IFDIR, 1):
+            return
+        if start_id <= 1 and not reply(token, b"..", self.t.parent_attr(node).st_ino, stat.S_IFDIR, 2):
+            return
+        for i in range(max(0, start_id - 2), len(listing)):
+            name, e = listing[i]
+            if e >= 0:  # served by a lower layer: the index knows both
+                ino, mode = lo.ino(e), lo.mode(e)
+            else:
+                try:
+                    child, st = self.t.resolve(node, name)
+                except pyfuse3.FUSEError:
+                    continue
+                ino, mode = child.ino, (st.st_mode if st is not None else lo.mode(child.lower))
+            if not reply(token, name, ino, mode, i + 3):
+                break
 
     @_fuse_errors
     async def releasedir(self, fh: int) -> None:
