@@ -7,8 +7,11 @@ layers, and from their kept tables (cold and warm), and loading the cached index
 Phase ``first container`` (``strata-ctr`` only), page cache dropped: the first container of an image,
 its layers' tables not kept yet (the later phases' mounts find them, as later containers do).
 Phase ``walk``: page cache dropped, fresh mount: mount time (cold), full-tree walk (cold), walk again (warm).
-Phase ``lookup``: fresh mount without dropping caches: mount time (warm); first and repeated listing of
-the big merged directory; first lookup of every directory, ``lstat`` of never-looked-up files and of
+Before it, for strata: the time a Python interpreter takes to start and import pyfuse3, cold (the
+floor of a cold mount by a Python server).
+Phase ``lookup``: fresh mount without dropping caches: mount time (warm); first and repeated listing
+of the big merged directory; 2000 ``statvfs`` (one server round trip each); for strata, the Python
+start again, warm; first lookup of every directory, ``lstat`` of never-looked-up files and of
 missing names; the same three repeated.
 Phase ``read``: page cache dropped, fresh mount: large files (MB/s) and small files (files/s), cold then warm.
 
@@ -96,6 +99,26 @@ def lstat_missing(mp: Path, paths: list[str]) -> int:
 
 def list_dir(mp: Path, rel: str) -> int:
     return len(os.listdir(os.path.join(mp, rel)))
+
+
+def statfs_n(mp: Path, n: int) -> int:
+    """``statvfs`` *n* times: a FUSE server answers each (nothing caches it), the round trip's floor."""
+    for _ in range(n):
+        os.statvfs(mp)
+    return n
+
+
+def python_start(cold: bool = False) -> float:
+    """Seconds for this interpreter to start and import pyfuse3 (median of 3; *cold*: the page
+    cache dropped before each): the floor of any mount a Python FUSE server makes."""
+    times = []
+    for _ in range(3):
+        if cold:
+            drop_caches()
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import pyfuse3"], capture_output=True, timeout=60)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[1]
 
 
 def read_files(mp: Path, paths: list[str], chunk: int) -> int:
@@ -187,6 +210,9 @@ def run_one(impl: im.Impl, stack: Stack, mp: Path, cache: Path, opts: Options, l
             checks["index_cache_bytes"] = cache.stat().st_size if cache.exists() else None
             metrics.update(index_times(stack, cache, cold))
 
+        if isinstance(impl, im.Strata) and cold:
+            metrics["python_start_cold"] = _m(python_start(cold=True), 1)
+
         def walk_phase(h: im.Handle) -> None:
             metrics["mount_cold"] = _m(h.mount_seconds, 1)
             s, n = _t(walk, h.mountpoint)
@@ -205,6 +231,10 @@ def run_one(impl: im.Impl, stack: Stack, mp: Path, cache: Path, opts: Options, l
             checks["bigdir_entries"] = n
             s, n = _t(list_dir, mpt, stack.big_dir)
             metrics["bigdir_list_again"] = _m(s, n)
+            s, n = _t(statfs_n, mpt, 2000)
+            metrics["statfs"] = _m(s, n)
+            if isinstance(impl, im.Strata):
+                metrics["python_start"] = _m(python_start(), 1)
             for suffix in ("first", "again"):
                 s, n = _t(lstat_all, mpt, stack.dirs)
                 metrics[f"lookup_dirs_{suffix}"] = _m(s, n)

@@ -121,6 +121,7 @@ def test_tiny_run_writes_json_and_leaves_nothing(tmp_path: Path) -> None:
             "bigdir_list_first",
             "read_large_cold",
             "read_small_warm",
+            "statfs",
         }
         assert want <= set(x["metrics"]), x["impl"]
         assert set(x["metrics"]) <= set(METRICS) | {"rss_after_mount"}
@@ -135,6 +136,8 @@ def test_tiny_run_writes_json_and_leaves_nothing(tmp_path: Path) -> None:
                 "tables_floor",
             }
             assert timed <= set(x["metrics"])  # (the index timings run in a child process)
+        if x["impl"].startswith("strata"):  # the floor of a Python server's mount, beside its mount
+            assert {"python_start", "python_start_cold"} <= set(x["metrics"])
         if x["impl"] == "strata-ctr":
             assert "mount_first_container" in x["metrics"] and "mount_index_build" not in x["metrics"]
     summary = r["summary"]["L4-F50"]
