@@ -20,7 +20,15 @@ from . import digest as dg
 from . import mediatypes as mt
 from . import reference
 from .blobs import tmp_prefix
-from .compression import DECOMPRESS_ERRORS, detect, disk_error, open_decompressed
+from .compression import (
+    DECOMPRESS_ERRORS,
+    MAGIC_BYTES,
+    UNNAMED,
+    as_layer_blob,
+    detect,
+    disk_error,
+    open_decompressed,
+)
 from .errors import InvalidInput, NotFound, StoreError
 from .images import ImageRecord, LayerRef, Variant
 from .layers import chain_id
@@ -149,7 +157,7 @@ def _open_source(store: Store, source: Path | BinaryIO) -> Iterator[_Source]:
     else:
         raw = source
     with raw:
-        if raw.seekable() and detect(raw.read(4)) == "none":
+        if raw.seekable() and detect(raw.read(MAGIC_BYTES)) == "none":
             raw.seek(0)
             with _tar_source(raw) as src:
                 yield src
@@ -221,11 +229,12 @@ def _store_all(store: Store, src: _Source, plans: list[_Planned]) -> list[Loaded
         refs: list[LayerRef] = []
         parent = None
         for (name, expected, media_type), diff_id in zip(plan.layers, diff_ids, strict=True):
-            if media_type is None:
-                with src.open(name) as f:
-                    media_type = mt.layer_type_for(detect(f.read(4)))
             with src.open(name) as f:
-                ref = store.ingest_layer(f, parent, diff_id, media_type, expected, what=f"layer {name}")
+                blob, kind = as_layer_blob(f)
+                if kind in UNNAMED:  # stored decompressed: the digest named the compressed file, and
+                    expected, media_type = None, None  # the config's diff_id still verifies the content
+                media_type = media_type or mt.layer_type_for(kind)
+                ref = store.ingest_layer(blob, parent, diff_id, media_type, expected, what=f"layer {name}")
             uses[name] -= 1
             if not uses[name]:
                 src.done(name)

@@ -1,8 +1,11 @@
-"""Transparent decompression of layer and archive streams (gzip via isal, zstd, or plain)."""
+"""Transparent decompression of layer and archive streams: gzip (through isal), zstd, bzip2, xz, or
+plain. Each is read as a stream: nothing is decompressed ahead of the reader."""
 
 from __future__ import annotations
 
+import bz2
 import io
+import lzma
 from typing import BinaryIO
 
 import zstandard
@@ -10,6 +13,10 @@ from isal import igzip
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BZIP2_MAGIC = b"BZh"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+MAGIC_BYTES = 6  # (the longest of them)
+UNNAMED = ("bzip2", "xz")  # compressions no OCI layer media type names
 
 
 class Prefixed(io.RawIOBase):
@@ -44,19 +51,18 @@ class Prefixed(io.RawIOBase):
 
 
 def detect(prefix: bytes) -> str:
-    """'gzip', 'zstd' or 'none' from a stream's first bytes."""
-    if prefix.startswith(GZIP_MAGIC):
-        return "gzip"
-    if prefix.startswith(ZSTD_MAGIC):
-        return "zstd"
+    """'gzip', 'zstd', 'bzip2', 'xz' or 'none' from a stream's first bytes."""
+    for kind, magic in (("gzip", GZIP_MAGIC), ("zstd", ZSTD_MAGIC), ("bzip2", BZIP2_MAGIC), ("xz", XZ_MAGIC)):
+        if prefix.startswith(magic):
+            return kind
     return "none"
 
 
 def open_decompressed(raw: BinaryIO) -> tuple[BinaryIO, str]:
     """Wrap `raw` so reads return decompressed bytes; also return the detected compression."""
     prefix = b""
-    while len(prefix) < 4:
-        more = raw.read(4 - len(prefix))
+    while len(prefix) < MAGIC_BYTES:
+        more = raw.read(MAGIC_BYTES - len(prefix))
         if not more:
             break
         prefix += more
@@ -66,10 +72,30 @@ def open_decompressed(raw: BinaryIO) -> tuple[BinaryIO, str]:
         return igzip.GzipFile(fileobj=stream, mode="rb"), kind  # type: ignore[arg-type]
     if kind == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True), kind  # type: ignore[return-value]
+    if kind == "bzip2":
+        return bz2.BZ2File(stream), kind  # type: ignore[arg-type]
+    if kind == "xz":
+        return lzma.LZMAFile(stream), kind  # type: ignore[arg-type]
     return stream, kind  # type: ignore[return-value]
 
 
-DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (EOFError, zstandard.ZstdError, OSError, ValueError)
+def as_layer_blob(raw: BinaryIO) -> tuple[BinaryIO, str]:
+    """*raw* as a layer blob an image can name, and the compression found: gzip, zstd and plain tar
+    pass as they are; bzip2 and xz (:data:`UNNAMED`: no OCI media type) are decompressed to plain tar."""
+    head = raw.read(MAGIC_BYTES)
+    kind = detect(head)
+    if kind in UNNAMED:
+        return open_decompressed(Prefixed(head, raw))[0], kind
+    return Prefixed(head, raw), kind  # type: ignore[return-value]
+
+
+DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
+    EOFError,
+    zstandard.ZstdError,
+    lzma.LZMAError,
+    OSError,
+    ValueError,
+)
 
 
 def disk_error(e: BaseException) -> bool:

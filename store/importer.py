@@ -8,7 +8,7 @@ from typing import BinaryIO
 from . import changes as config_changes
 from . import reference
 from .archive import _host_platform
-from .compression import Prefixed, detect
+from .compression import as_layer_blob
 from .images import ImageRecord
 from .mediatypes import layer_type_for
 from .store import Store, now_rfc3339
@@ -27,10 +27,8 @@ def import_tarball(
     """Store `stream` (a tar, plain or compressed) as a layer and make an image of it."""
     ref = reference.parse(tag) if tag else None
     config = config_changes.apply({}, list(changes), IMPORT_CHANGES)
-    head = stream.read(4)
-    layer = store.ingest_layer(
-        Prefixed(head, stream), None, None, layer_type_for(detect(head)), what=f"tarball {source}"
-    )  # type: ignore[arg-type]
+    blob, kind = as_layer_blob(stream)
+    layer = store.ingest_layer(blob, None, None, layer_type_for(kind), what=f"tarball {source}")
     os_name, arch = _host_platform()
     created = now_rfc3339()
     comment = message or f"Imported from {source}"

@@ -29,7 +29,7 @@ def to_oci(media_type: str) -> str:
 
 
 def layer_type_for(compression: str) -> str:
-    """The OCI layer media type for a compression name ('gzip', 'zstd', 'none')."""
+    """The OCI layer media type of a blob compressed so ('gzip', 'zstd'; anything else: plain tar)."""
     return {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}.get(compression, OCI_LAYER)
 
 
