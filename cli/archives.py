@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from cli.common import fail, get_store, keep_layer_tables, output_file, user_errors
+from cli.format import human_size
 from store import archive, reference
 from store.importer import import_tarball
+from store.urls import fetch, is_url
 
 
 @click.command("load")
@@ -68,12 +70,19 @@ def save(names: tuple[str, ...], target: str | None, fmt: str) -> None:
 @click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction (CMD, ENV, …).")
 @user_errors
 def import_(source: str, repository: str | None, message: str | None, changes: tuple[str, ...]) -> None:
-    """Import a rootfs tarball (FILE or - for stdin) as a one-layer image."""
+    """Import a rootfs tarball (FILE, URL or - for stdin; plain, gzip, bzip2, xz or zstd) as a
+    one-layer image, as `docker import`."""
     store = get_store()
     if repository:
         reference.parse(repository)  # a bad name fails before anything is stored
     if source == "-":
         record = import_tarball(store, sys.stdin.buffer, "-", repository, message, list(changes))
+    elif is_url(source):
+        click.echo(f"Downloading from {source}", err=True)
+        with fetch(source, _progress if sys.stderr.isatty() else None) as f:
+            record = import_tarball(store, f, source, repository, message, list(changes))
+        if sys.stderr.isatty():
+            click.echo(err=True)
     else:
         try:
             f = open(source, "rb")
@@ -83,6 +92,11 @@ def import_(source: str, repository: str | None, message: str | None, changes: t
             record = import_tarball(store, f, source, repository, message, list(changes))
     keep_layer_tables(store, [record.id])
     click.echo(record.id)
+
+
+def _progress(done: int, total: int | None) -> None:
+    of = f"/{human_size(total)}" if total else ""
+    click.echo(f"\r{human_size(done)}{of}", nl=False, err=True)
 
 
 def register(group: click.Group) -> None:

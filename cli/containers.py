@@ -1,4 +1,4 @@
-"""Container commands: create, ps, rm, mount, umount, diff."""
+"""Container commands: create, ps, rm, mount, umount, diff, and `container prune`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 
 from cli.common import fail, get_store, user_errors
-from cli.format import docker_time, output, since
+from cli.format import docker_time, echo_removed, human_size, output, since
 from store import views
 from store.containers import Container
 from store.errors import Conflict, NotFound
+from store.prune import prune_containers
 from store.store import Store
 from unionfs.changes import iter_changes
 from unionfs.mount import MountError, MountSpec, mount_state, unmount
@@ -95,6 +96,25 @@ def _unmount_container(store: Store, c: Container) -> None:
     store.containers.put(c)
 
 
+def mounted(c: Container) -> bool:
+    """Whether *c* is mounted now (a stale record of a mount that is gone is not)."""
+    return bool(c.mountpoint) and mount_state(Path(c.mountpoint)) != "unmounted"
+
+
+@click.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation.")
+@user_errors
+def container_prune(force: bool) -> None:
+    """Remove all stopped containers (neither running nor mounted)."""
+    if not force:
+        click.confirm(
+            "WARNING! This will remove all stopped containers.\nAre you sure you want to continue?", abort=True
+        )
+    removed, freed = prune_containers(get_store(), mounted)
+    echo_removed("Deleted Containers:", [c.id for c in removed])
+    click.echo(f"Total reclaimed space: {human_size(freed)}")
+
+
 @click.command("rm")
 @click.option("-f", "--force", is_flag=True, help="Unmount a mounted container first.")
 @click.argument("containers", nargs=-1, required=True)
@@ -105,7 +125,7 @@ def rm(force: bool, containers: tuple[str, ...]) -> None:
     for name in containers:
         try:
             c = store.containers.find(name)
-            if c.mountpoint and mount_state(Path(c.mountpoint)) != "unmounted":
+            if mounted(c):
                 if not force:
                     raise Conflict(f"container {c.name} is mounted at {c.mountpoint}: umount it first or use -f")
                 _unmount_container(store, c)

@@ -7,6 +7,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import click
+
 _UNITS = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
 
 
@@ -149,3 +151,12 @@ def output(template: str | None, rows: list[dict[str, Any]], default: str, heade
 
 class TemplateError(Exception):
     pass
+
+
+def echo_removed(title: str, items: list[str]) -> None:
+    """Docker's listing of what a prune removed: a title, one line each, a blank line."""
+    if items:
+        click.echo(title)
+        for i in items:
+            click.echo(i)
+        click.echo()

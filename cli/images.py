@@ -7,7 +7,7 @@ import json
 import click
 
 from cli.common import get_store, user_errors
-from cli.format import docker_time, human_size, output, render, since
+from cli.format import docker_time, echo_removed, human_size, output, render, since
 from store import views
 from store.digest import hex_of
 from store.errors import StoreError
@@ -117,11 +117,7 @@ def prune(everything: bool, force: bool, filters: tuple[str, ...]) -> None:
     events, freed = store.prune(everything, keep)
     for note in store.notes:
         click.echo(f"Note: {note}", err=True)
-    if events:
-        click.echo("Deleted Images:")
-        for e in events:
-            click.echo(f"{e.kind.lower()}: {e.what}")
-        click.echo()
+    echo_removed("Deleted Images:", [f"{e.kind.lower()}: {e.what}" for e in events])
     click.echo(f"Total reclaimed space: {human_size(freed)}")
 
 
@@ -202,19 +198,6 @@ def history(name: str, no_trunc: bool, quiet: bool, human: bool, fmt: str | None
     click.echo(text)
 
 
-@click.group("image")
-def image_group() -> None:
-    """Manage images."""
-
-
 def register(group: click.Group) -> None:
     for cmd in (images, tag, rmi, inspect, history):
         group.add_command(cmd)
-    image_group.add_command(images, "ls")
-    image_group.add_command(images, "list")
-    image_group.add_command(rmi, "rm")
-    image_group.add_command(prune)
-    image_group.add_command(inspect)
-    image_group.add_command(history)
-    image_group.add_command(tag)
-    group.add_command(image_group)

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import click
 
+MANAGEMENT = ("container", "image", "system")  # Docker's management groups, listed apart in --help
+
 # Each module defines click commands and a `register(group)` function. A module is imported only
 # when one of its commands runs: importing them all cost every command ~0.3 s (httpx, trio, rich).
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "cli.images": ("history", "image", "images", "inspect", "rmi", "tag"),
+    "cli.groups": ("container", "image"),
+    "cli.images": ("history", "images", "inspect", "rmi", "tag"),
     "cli.archives": ("import", "load", "save"),
     "cli.containers": ("create", "diff", "mount", "ps", "rm", "umount"),
     "cli.commit": ("commit", "export"),
@@ -34,6 +37,20 @@ class LazyGroup(click.Group):
                 if name in names:
                     self._load(module)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Docker's layout: the management groups first, then the commands."""
+        names = self.list_commands(ctx)
+        for title, part in (("Management Commands", MANAGEMENT), ("Commands", None)):
+            rows = []
+            for n in names:
+                if (n in MANAGEMENT) == (part is not None):
+                    cmd = self.get_command(ctx, n)
+                    if cmd is not None and not cmd.hidden:
+                        rows.append((n, cmd.get_short_help_str(formatter.width - 6 - max(map(len, names)))))
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
     def _load(self, name: str) -> None:
         try:

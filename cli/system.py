@@ -1,12 +1,14 @@
-"""`system df`, `system check`."""
+"""`system df`, `system check`, `system prune`."""
 
 from __future__ import annotations
 
 import click
 
 from cli.common import get_store, user_errors
-from cli.format import human_size, tabulate
+from cli.containers import mounted
+from cli.format import echo_removed, human_size, tabulate
 from store import views
+from store.prune import system_prune
 
 
 @click.group("system")
@@ -79,6 +81,34 @@ def check_store(repair: bool) -> None:
     else:
         click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found ({held}); run with --repair")
         raise SystemExit(1)
+
+
+@system_group.command("prune")
+@click.option("-a", "--all", "everything", is_flag=True, help="Remove all unused images, not just dangling ones.")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation.")
+@user_errors
+def prune(everything: bool, force: bool) -> None:
+    """Remove stopped containers, dangling images (-a: all unused) and unused build cache."""
+    if not force:
+        what = (
+            [
+                "all stopped containers",
+                "all images without at least one container associated to them",
+                "all build cache",
+            ]
+            if everything
+            else ["all stopped containers", "all dangling images", "unused build cache"]
+        )
+        listing = "".join(f"\n  - {w}" for w in what)
+        click.confirm(f"WARNING! This will remove:{listing}\n\nAre you sure you want to continue?", abort=True)
+    store = get_store()
+    r = system_prune(store, everything, mounted)
+    for note in store.notes:
+        click.echo(f"Note: {note}", err=True)
+    echo_removed("Deleted Containers:", [c.id for c in r.containers])
+    echo_removed("Deleted Images:", [f"{e.kind.lower()}: {e.what}" for e in r.images])
+    echo_removed("Deleted build cache objects:", r.cache)
+    click.echo(f"Total reclaimed space: {human_size(r.bytes)}")
 
 
 def register(group: click.Group) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ from . import digest as dg
 from . import reference
 from .errors import InvalidInput
 from .images import ImageRecord
+from .prune import tree_size
 from .store import Store
 
 
@@ -209,7 +209,7 @@ def disk_usage(store: Store) -> tuple[list[DfRow], dict]:
     all_chains = {c for r in records for c in store.chain(r)}
     images_size = sum(layer_sizes.get(c, 0) for c in all_chains)
     reclaim_images = sum(layer_sizes.get(c, 0) for c in all_chains - active_chains)
-    ctr_sizes = {c.id: _tree_size(store.containers.upper(c.id)) for c in containers}
+    ctr_sizes = {c.id: tree_size(store.containers.upper(c.id)) for c in containers}
     mounted = [c for c in containers if c.mountpoint]
     rows = [
         DfRow("Images", len(records), len(used_images & {r.id for r in records}), images_size, reclaim_images),
@@ -264,24 +264,9 @@ def _index_row(store: Store, active: set[Path]) -> DfRow:
         "Index cache",
         len(caches),
         len(caches.keys() & active),
-        _tree_size(store.index_dir),
+        tree_size(store.index_dir),
         sum(v for p, v in caches.items() if p not in active),
     )
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, f))
-            except FileNotFoundError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
 
 
 def short_id(image_id: str) -> str:

@@ -74,3 +74,17 @@ class BuildCache:
         self.dir.mkdir(exist_ok=True)
         value = {"row": row, "layer": dataclasses.asdict(layer) if layer is not None else None}
         atomic_write(self.dir / k, json.dumps(value).encode(), self.store.blobs.tmp)
+
+    def prune(self, everything: bool = False) -> tuple[list[str], int]:
+        """Remove the entries whose layer blob is gone (*everything*: all); returns their keys and bytes."""
+        removed, freed = [], 0
+        for p in sorted(self.dir.iterdir()) if self.dir.is_dir() else []:
+            try:
+                size, layer, bad = p.stat().st_size, json.loads(p.read_text()).get("layer"), False
+            except (OSError, ValueError, AttributeError):
+                size, layer, bad = 0, None, True  # (unreadable: of no use to a build)
+            if everything or bad or (layer and not self.store.blobs.has(layer["digest"])):
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+                freed += size
+        return removed, freed

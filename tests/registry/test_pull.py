@@ -220,3 +220,12 @@ def test_platform_of_a_single_manifest_image_is_checked(registry: RegistryInfo, 
         "specified platform: wanted linux/arm64, actual: linux/amd64"
     )
     strata(root, "pull", "--platform", "linux/arm64", f"{registry.host}/multiarch:arm64")
+
+
+def test_image_pull_by_tag_and_digest_as_the_image_guides_write_it(registry: RegistryInfo, root: Path) -> None:
+    digest = registry.digests["tiny:latest"]
+    by_tag = strata(root, "image", "pull", f"{registry.host}/tiny:latest")
+    assert out_lines(by_tag)[-1] == f"{registry.host}/tiny:latest"
+    by_digest = strata(root, "image", "pull", f"{registry.host}/tiny@{digest}")
+    assert out_lines(by_digest)[-1] == f"{registry.host}/tiny@{digest}"
+    assert Store(root).resolve(f"{registry.host}/tiny@{digest}").id == Store(root).resolve(f"{registry.host}/tiny").id
