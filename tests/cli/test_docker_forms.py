@@ -76,6 +76,11 @@ def test_container_group_and_container_prune(loaded: Path, tmp_path: Path) -> No
         names = strata(root, "container", "ls", "-a", "--format", "{{.Names}}").stdout.decode().split()
         assert sorted(names) == ["kept", "stopped"]
         assert strata(root, "container", "diff", "kept").stdout.decode().split() == ["A", "/written"]
+        strata(root, "container", "commit", "kept", "snap:1")
+        strata(root, "container", "export", "-o", str(tmp_path / "fs.tar"), "kept")
+        members = subprocess.run(["tar", "-tf", str(tmp_path / "fs.tar")], capture_output=True, text=True, timeout=60)
+        assert "written" in {m.strip("./") for m in members.stdout.split()}
+        assert len(Store(root).resolve("snap:1").layers) == len(Store(root).resolve("layered").layers) + 1
         asked = strata(root, "container", "prune", input=b"n\n", check=False)
         assert asked.returncode == 1 and "WARNING! This will remove all stopped containers." in asked.stdout.decode()
         assert len(Store(root).containers.all()) == 2  # refused: nothing removed
