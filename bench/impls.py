@@ -130,6 +130,14 @@ class Impl:
     def work(self) -> Path:
         return self.upper.parent / "work"
 
+    def lowers(self, stack: Stack) -> list[Path]:
+        """The lowers as this path names them: a container's through containers/storage's links."""
+        return (stack.links or stack.oci_layers) if self.container else stack.oci_layers
+
+    def writable(self) -> str:
+        """A container's mount options beyond its lowers (none on the read-only path)."""
+        return f",upperdir={self.upper},workdir={self.work}" if self.container else ""
+
     def _new_container(self) -> None:
         if self.ctr is None:
             raise CannotMount(f"{self.name}: no workspace for its containers")
@@ -178,7 +186,7 @@ class KernelOverlay(Impl):
     def _opts(self, stack: Stack) -> str:
         names = [p.name for p in stack.kernel_layers]
         if self.container:
-            return "lowerdir=" + ":".join(names) + f",upperdir={self.upper},workdir={self.work}"
+            return "lowerdir=" + ":".join(names) + self.writable()
         if len(names) == 1:  # the kernel wants >= 2 lowers without an upper: add an empty bottom layer
             names.append(".empty")
         return "lowerdir=" + ":".join(names)
@@ -265,8 +273,7 @@ class StrataContainer(Strata):
     def _mount(self, stack: Stack, mp: Path, cache: Path | None) -> None:
         if not self.cmd:
             raise CannotMount("strata-overlay is not installed")
-        lowers = ":".join(str(p).replace(":", "\\:") for p in stack.links or stack.oci_layers)
-        opts = f"lowerdir={lowers},upperdir={self.upper},workdir={self.work}"
+        opts = "lowerdir=" + ":".join(str(p).replace(":", "\\:") for p in self.lowers(stack)) + self.writable()
         _run(self.cmd + ["-o", opts, str(mp)], env={**os.environ, TABLES_ENV: str(self.tables)})
 
 
@@ -294,11 +301,7 @@ class FuseOverlayfs(Impl):
         return {"name": self.name, "version": version}
 
     def _mount(self, stack: Stack, mp: Path, cache: Path | None) -> None:
-        if self.container:
-            lowers = ":".join(str(p) for p in stack.links or stack.oci_layers)
-            opts = f"lowerdir={lowers},upperdir={self.upper},workdir={self.work}"
-        else:
-            opts = "lowerdir=" + ":".join(str(p) for p in stack.oci_layers)
+        opts = "lowerdir=" + ":".join(str(p) for p in self.lowers(stack)) + self.writable()
         _run(["fuse-overlayfs", "-o", opts, str(mp)])
 
 
