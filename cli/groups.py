@@ -36,29 +36,27 @@ CONTAINER: dict[str, tuple[str, str]] = {
 }
 
 
-ALIASES = {"list": "ls", "ps": "ls"}  # as Docker's: `image list`, `container list`, `container ps`
-
-
 class MemberGroup(click.Group):
     """A group whose members are imported only when one is looked up (as the top level's)."""
 
-    def __init__(self, name: str, members: dict[str, tuple[str, str]], help: str) -> None:
+    def __init__(self, name: str, members: dict[str, tuple[str, str]], aliases: dict[str, str], help: str) -> None:
         super().__init__(name, help=help, context_settings={"help_option_names": ["-h", "--help"]})
-        self.members = members
+        self.members, self.aliases = members, aliases
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.members)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = self.members.get(name) or self.members.get(ALIASES.get(name, ""))
-        if target is None or (name == "ps" and self.name != "container"):
+        target = self.members.get(self.aliases.get(name, name))
+        if target is None:
             return None
         module, attr = target
         return getattr(importlib.import_module(module), attr)
 
 
-image = MemberGroup("image", IMAGE, "Manage images.")
-container = MemberGroup("container", CONTAINER, "Manage containers.")
+# Docker's aliases, which its help does not list either
+image = MemberGroup("image", IMAGE, {"list": "ls"}, "Manage images.")
+container = MemberGroup("container", CONTAINER, {"list": "ls", "ps": "ls"}, "Manage containers.")
 
 
 def register(group: click.Group) -> None:

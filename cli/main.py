@@ -41,13 +41,11 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """Docker's layout: the management groups first, then the commands."""
         names = self.list_commands(ctx)
-        for title, part in (("Management Commands", MANAGEMENT), ("Commands", None)):
-            rows = []
-            for n in names:
-                if (n in MANAGEMENT) == (part is not None):
-                    cmd = self.get_command(ctx, n)
-                    if cmd is not None and not cmd.hidden:
-                        rows.append((n, cmd.get_short_help_str(formatter.width - 6 - max(map(len, names)))))
+        width = formatter.width - 6 - max(map(len, names))
+        groups = [n for n in names if n in MANAGEMENT]
+        for title, part in (("Management Commands", groups), ("Commands", [n for n in names if n not in groups])):
+            cmds = [(n, self.get_command(ctx, n)) for n in part]
+            rows = [(n, c.get_short_help_str(width)) for n, c in cmds if c is not None and not c.hidden]
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)

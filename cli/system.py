@@ -90,15 +90,10 @@ def check_store(repair: bool) -> None:
 def prune(everything: bool, force: bool) -> None:
     """Remove stopped containers, dangling images (-a: all unused) and unused build cache."""
     if not force:
-        what = (
-            [
-                "all stopped containers",
-                "all images without at least one container associated to them",
-                "all build cache",
-            ]
-            if everything
-            else ["all stopped containers", "all dangling images", "unused build cache"]
-        )
+        images, cache = ("all images without at least one container associated to them", "all build cache")
+        if not everything:
+            images, cache = "all dangling images", "unused build cache"
+        what = ["all stopped containers", images, cache]
         listing = "".join(f"\n  - {w}" for w in what)
         click.confirm(f"WARNING! This will remove:{listing}\n\nAre you sure you want to continue?", abort=True)
     store = get_store()
