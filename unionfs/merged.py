@@ -336,7 +336,7 @@ class MergedTree:
         moved = [src]
         if node.isdir:
             moved += [p for p, _ in self.up.subtree(src)]  # type: ignore[union-attr]
-            moved += self._cached_below(src, node.lower)
+            moved += self._cached_below(src, node.lower, moved[1:])
         landed = []
         for p in moved:
             n = self.at.pop(p, None)
@@ -348,13 +348,19 @@ class MergedTree:
         for q, n in landed:
             self.at[q] = n
 
-    def _cached_below(self, path: bytes, lower: int) -> list[bytes]:
-        """The paths of cached nodes that lower directory *lower*, merged at *path*, reaches below it."""
+    def _cached_below(self, path: bytes, lower: int, upper_paths: list[bytes]) -> list[bytes]:
+        """The paths of cached nodes below *path*, the directory that merges lower directory *lower*
+        and has *upper_paths* below it in the upper: found through the lower directories each
+        cached directory merges (a redirected one's, not the one under its name)."""
         pre = path + b"/"
         budget = len(self.at)
         lo, at = self.lo, self.at
         found: list[bytes] = []
         stack = [(lower, pre)] if lower >= 0 else []
+        for p in upper_paths:  # (a redirected directory's children come from elsewhere in the lowers)
+            n = at.get(p)
+            if n is not None and n.isdir and n.lower >= 0:
+                stack.append((n.lower, p + b"/"))
         while stack:
             e, p = stack.pop()
             for c in lo.children(e):
@@ -362,9 +368,12 @@ class MergedTree:
                 if budget < 0:  # the lower holds more here than the cache: look through the cache
                     return [q for q in at if q.startswith(pre)]
                 q = p + lo.name(c)
-                if q in at:
+                n = at.get(q)
+                if n is not None:
                     found.append(q)
-                if lo.is_dir(c):
+                    if n.isdir and n.lower >= 0:
+                        stack.append((n.lower, q + b"/"))
+                elif lo.is_dir(c):
                     stack.append((c, q + b"/"))
         return found
 

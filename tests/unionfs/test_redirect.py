@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from unionfs.changes import iter_changes
+from unionfs.libc import RENAME_EXCHANGE, renameat2
 from unionfs.mount import MountSpec, mount, unmount
 
 from .conftest import needs_fuse
@@ -111,3 +112,27 @@ def test_changes_of_a_renamed_directory_carry_its_whole_tree(both: Path) -> None
     assert {c.path for c in changes if c.kind == "A"} >= {"/b2/f", "/b2/c/g", "/b2/d/x"}
     strip = {k: {f: x for f, x in v.items() if f != "nlink"} for k, v in want.items() if k != "#links"}
     assert apply_changes(before, changes) == strip
+
+
+def test_an_exchange_repaths_what_is_cached_below_a_redirected_directory(tmp_path: Path, mounts) -> None:
+    """Cached nodes reached through a redirected directory move with an exchange of its parent
+    (found by the oracle: they kept their old paths, and an unlink below answered ENOTDIR)."""
+    for side in ("s", "k"):
+        for d in ("low/a/a", "low/b/a", "u", "w", "m"):
+            (tmp_path / side / d).mkdir(parents=True)
+        (tmp_path / side / "low/a/a/a").write_bytes(b"")
+    mount(MountSpec([tmp_path / "s/low"], tmp_path / "s/u", tmp_path / "s/w"), mounts.add(tmp_path / "s/m"))
+    mounts.kernel_overlay([tmp_path / "k/low"], tmp_path / "k/u", tmp_path / "k/w", tmp_path / "k/m")
+    for side in ("s", "k"):
+        m = tmp_path / side / "m"
+        for dirpath, dirnames, filenames in os.walk(m):  # every node cached
+            for n in dirnames + filenames:
+                os.lstat(os.path.join(dirpath, n))
+        os.rename(m / "a", m / "b" / "a")  # a redirected directory, b/a, merging the lower a
+        (m / "a").write_bytes(b"")
+        # b/a becomes a/a, with what is cached below it
+        renameat2(os.fsencode(m / "a"), os.fsencode(m / "b"), RENAME_EXCHANGE)
+        os.unlink(m / "a/a/a/a")
+        for d in ("a/a/a", "a/a", "a"):
+            os.rmdir(m / d)
+    assert snapshot(tmp_path / "s/m") == snapshot(tmp_path / "k/m", kernel=True)
