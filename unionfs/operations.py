@@ -247,15 +247,15 @@ class UnionOperations(pyfuse3.Operations):
     def _readdir_plain(self, node: Node, listing: list[tuple[bytes, int]], start_id: int, token: Any) -> None:
         """A plain READDIR: each entry's name, inode number and type, as a lookup would report them;
         no node is made and no lookup counted (the kernel asks for attributes by lookups, if at all)."""
-        reply, lo = pyfuse3.readdir_reply_plain, self.lo
+        reply, lo, up = pyfuse3.readdir_reply_plain, self.lo, self.up
         if start_id == 0 and not reply(token, b".", self.t.attr(node).st_ino, stat.S_IFDIR, 1):
             return
         if start_id <= 1 and not reply(token, b"..", self.t.parent_attr(node).st_ino, stat.S_IFDIR, 2):
             return
         for i in range(max(0, start_id - 2), len(listing)):
             name, e = listing[i]
-            if e >= 0:  # served by a lower layer: the index knows both
-                ino, mode = lo.ino(e), lo.mode(e)
+            if e >= 0 and (up is None or up.kind(join(node.path, name)) is None):
+                ino, mode = lo.ino(e), lo.mode(e)  # a lower entry the upper does not touch: the index knows
             else:
                 try:
                     child, st = self.t.resolve(node, name)
