@@ -25,11 +25,13 @@ def realpaths(paths: Iterable[str | bytes | os.PathLike], stats: list | None = N
     cwd = os.getcwdb()
     for p in paths:
         a = os.path.join(cwd, os.fsencode(p))
-        if b".." in a.split(b"/"):  # (a ".." after a link is not its lexical parent)
+        try:
+            if b".." in a.split(b"/"):  # (a ".." after a link is not its lexical parent)
+                raise _LongWay
+            r, st = _real(os.path.normpath(a), memo, 0)
+        except _LongWay:
             r = os.path.realpath(a)
             st = _lstat(r)
-        else:
-            r, st = _real(os.path.normpath(a), memo, 0)
         out.append(r)
         if stats is not None:
             stats.append(st)
@@ -43,9 +45,8 @@ def _real(p: bytes, memo: dict[bytes, Resolved], links: int) -> Resolved:
         return got
     if p == b"/":
         got = (p, os.lstat(p))
-    elif links > MAX_LINKS:  # a loop: realpath's own answer
-        real = os.path.realpath(p)
-        got = (real, _lstat(real))
+    elif links > MAX_LINKS:  # a loop: the whole path gets realpath's own answer
+        raise _LongWay
     else:
         head, _, tail = p.rpartition(b"/")
         rhead = _real(head or b"/", memo, links)[0]
@@ -65,13 +66,15 @@ def _real(p: bytes, memo: dict[bytes, Resolved], links: int) -> Resolved:
                 while k < len(parts) and parts[k] in (b"", b".", b".."):
                     k += 1
                 if b".." in parts[k:]:
-                    real = os.path.realpath(cand)
-                    got = (real, _lstat(real))
-                else:
-                    base = target if target.startswith(b"/") else rhead + b"/" + target
-                    got = _real(os.path.normpath(base), memo, links + 1)
+                    raise _LongWay
+                base = target if target.startswith(b"/") else rhead + b"/" + target
+                got = _real(os.path.normpath(base), memo, links + 1)
     memo[p] = got
     return got
+
+
+class _LongWay(Exception):
+    """This path is for ``os.path.realpath`` itself (a loop, a ".." after a link)."""
 
 
 def _lstat(p: bytes) -> os.stat_result | None:

@@ -34,7 +34,7 @@ def _tree(root: Path) -> None:
         os.symlink(target, root / name)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(st.sampled_from(NAMES + ["..", ".", ""]), min_size=1, max_size=5), min_size=1, max_size=6))
 def test_every_path_resolves_as_os_path_realpath(tmp_path_factory, parts: list[list[str]]) -> None:
     root = tmp_path_factory.getbasetemp() / "realpath-tree"
