@@ -233,9 +233,13 @@ class Strata(Impl):
     def describe(self) -> dict:
         return {"name": self.name, "via": self.via, "use_index": self.use_index}
 
+    def strata_lowerdir(self, stack: Stack) -> str:
+        """``lowerdir=`` as strata-overlay parses it (a ':' in a path escaped)."""
+        return "lowerdir=" + ":".join(str(p).replace(":", "\\:") for p in self.lowers(stack))
+
     def _mount(self, stack: Stack, mp: Path, cache: Path | None) -> None:
         if self.cmd:
-            opts = "lowerdir=" + ":".join(str(p).replace(":", "\\:") for p in stack.oci_layers)
+            opts = self.strata_lowerdir(stack)
             if self.use_index and cache is not None:
                 opts += f",strata_index={cache}"
             if not self.use_index:
@@ -273,7 +277,7 @@ class StrataContainer(Strata):
     def _mount(self, stack: Stack, mp: Path, cache: Path | None) -> None:
         if not self.cmd:
             raise CannotMount("strata-overlay is not installed")
-        opts = "lowerdir=" + ":".join(str(p).replace(":", "\\:") for p in self.lowers(stack)) + self.writable()
+        opts = self.strata_lowerdir(stack) + self.writable()
         _run(self.cmd + ["-o", opts, str(mp)], env={**os.environ, TABLES_ENV: str(self.tables)})
 
 

@@ -214,7 +214,7 @@ def parse_args(argv: list[str]) -> dict:
         raise UsageError("no lowerdir specified")
     if (res["upper"] is None) != (res["work"] is None):
         raise UsageError("upperdir and workdir must be given together")
-    from unionfs.index import realpaths
+    from unionfs.realpath import realpaths
 
     stats: list[os.stat_result | None] = []
     lowers = realpaths(res["lowers"], stats)

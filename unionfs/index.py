@@ -44,7 +44,7 @@ import xxhash
 from . import redirect, tablepack
 from .layertable import META, META_BYTES, META_W, LayerTable, layer_key
 from .longpath import fit
-from .realpath import realpaths  # noqa: F401  (re-exported)
+from .realpath import realpaths
 from .scanning import layer_tables
 
 MAGIC = b"STRIDX04"

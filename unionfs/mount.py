@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import longpath, sharedtables
-from .index import load_or_build, realpaths
+from .index import load_or_build
+from .realpath import realpaths
 from .upper import Upper
 
 __all__ = ["MountSpec", "MountError", "mount", "unmount", "mount_state"]

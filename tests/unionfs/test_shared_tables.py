@@ -115,7 +115,8 @@ def test_a_layer_mounted_as_an_upper_loses_its_kept_table(tmp_path: Path, mounts
 
 
 def test_tables_of_removed_layers_are_dropped_by_the_next_save(tmp_path: Path) -> None:
-    from unionfs.index import layer_keys, realpaths
+    from unionfs.index import layer_keys
+    from unionfs.realpath import realpaths
     from unionfs.scanning import layer_tables
 
     a, b = tmp_path / "a", tmp_path / "b"
