@@ -7,7 +7,8 @@ APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc patch python3 python3-venv pytho
               skopeo umoci fuse-overlayfs docker-registry jq zstd attr curl openssl tar gzip podman buildah crun runc
               autoconf automake libtool make perl  # (these five build and run pjdfstest)
               meson ninja-build  # (they build libfuse 3.17 for FUSE passthrough)
-              strace)  # (its fault injection kills commands at each system call in the tests)
+              strace  # (its fault injection kills commands at each system call in the tests)
+              xz-utils bzip2)  # (archives compressed by the real tools in the tests)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
